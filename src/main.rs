@@ -1,1 +1,168 @@
-fn main() {}
+//! The `twokey` command: parse the CLI, load and validate the config, run one verb.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+
+use twokey::app::{App, shutdown_signal};
+use twokey::audit::Verifier;
+use twokey::config::{Config, ConfigErrors, RawConfig};
+use twokey::store::Store;
+
+#[derive(Parser)]
+#[command(name = "twokey", version, about = "Two-person approval for Azure Backup critical operations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The TOML config file (TWOKEY_… environment variables override it).
+    #[arg(long, env = "TWOKEY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the web pages, the API and the job worker.
+    Serve(ConfigArg),
+    /// Run a complete offline demo: SQLite, demo people, simulated Azure, an outbox page.
+    Demo {
+        /// Where the demo keeps its database, key and outbox (default: a new temp dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+    },
+    /// Apply database migrations and exit.
+    Migrate(ConfigArg),
+    /// Check the configuration and print every problem with its key.
+    CheckConfig(ConfigArg),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 0 only when it is whole, else name the first bad seq.
+    Verify(ConfigArg),
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, ConfigErrors> {
+    RawConfig::load(RawConfig::default(), arg.config.as_deref())?.validate()
+}
+
+fn print_config_errors(e: &ConfigErrors) -> ExitCode {
+    eprint!("{e}");
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    twokey::telemetry::init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            let app = App::build(config).await?;
+            tracing::info!(addr = %app.addr(), "twokey listening");
+            app.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { data_dir, bind } => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => std::env::temp_dir().join(format!("twokey-demo-{}", uuid::Uuid::new_v4())),
+            };
+            std::fs::create_dir_all(&dir)?;
+            let secret = twokey::demo::review_secret(&dir)?;
+            let raw = twokey::demo::config(&dir, &bind, secret);
+            let config = match raw.validate() {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            let app = App::build(config).await?;
+            let url = format!("http://{}", app.addr());
+            println!("twokey demo is running at {url}");
+            println!("  sign in as a demo person:  {url}/auth/dev");
+            println!("  mail it would have sent:   {url}/dev/outbox");
+            println!("  data (SQLite, outbox):     {}", dir.display());
+            println!("Press Ctrl-C to stop.");
+            app.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            let store = Store::connect(config.database.url.expose(), 1).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(arg) => match load(&arg) {
+            Ok(c) => {
+                println!(
+                    "configuration OK: {} guard(s), database {}, sign-in {:?}",
+                    c.guards.len(),
+                    twokey::secret::redact_url(c.database.url.expose()),
+                    c.auth.mode
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Ok(print_config_errors(&e)),
+        },
+        Command::Audit { command: AuditCommand::Verify(arg) } => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            let store = Store::connect(config.database.url.expose(), 1).await?;
+            Ok(verify(&store).await?)
+        }
+    }
+}
+
+async fn verify(store: &Store) -> anyhow::Result<ExitCode> {
+    // Read the head first: rows appended while we walk are past it and not checked this time.
+    let (head_seq, head_hash) = store.audit_head().await?;
+    let mut v = Verifier::new();
+    let mut rows = store.audit_stream();
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        if row.seq > head_seq {
+            break;
+        }
+        if let Err(e) = v.push(&row) {
+            println!("audit chain BROKEN at seq {}: {e}", e.seq());
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    if let Err(e) = v.finish(head_seq, &head_hash) {
+        println!("audit chain BROKEN at seq {}: {e}", e.seq());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("audit chain verified: {} events, up to seq {}", v.count, v.last_seq());
+    Ok(ExitCode::SUCCESS)
+}

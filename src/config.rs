@@ -1,0 +1,777 @@
+//! Configuration: defaults → TOML file → `TWOKEY_…` environment, secrets from the environment
+//! or from `*_file` paths, all validated before anything listens. `twokey check-config` prints
+//! every problem with the key it belongs to, not just the first.
+//!
+//! Environment names are the key path in upper case with `_` between the parts:
+//! `database.url` ← `TWOKEY_DATABASE_URL`, `server.public_url` ← `TWOKEY_SERVER_PUBLIC_URL`.
+//! Guards are lists and come from the file only.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::arm::{ResourceGuardId, VaultPattern};
+use crate::domain::policy::{
+    ApproverSignIn, BACKUP_MUA_OPERATOR_ROLE, ElevationBackend, GuardPolicy, Subject,
+};
+use crate::domain::principal::is_plausible_email;
+use crate::secret::{Secret, redact_url};
+
+/// The top-level sections; an env var `TWOKEY_<SECTION>_<KEY>` maps to `<section>.<key>`.
+const SECTIONS: &[&str] = &["server", "database", "auth", "mail", "review", "jobs", "azure"];
+
+// ---- raw shapes: what the file and environment may contain -------------------------------
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub database: RawDatabase,
+    pub auth: RawAuth,
+    pub mail: RawMail,
+    pub review: RawReview,
+    pub jobs: RawJobs,
+    /// Read by the Azure elevation backends; kept as data until they validate it.
+    pub azure: BTreeMap<String, serde_json::Value>,
+    pub guards: Vec<RawGuard>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub bind: Option<String>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    pub mode: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub session_idle: Option<String>,
+    pub session_absolute: Option<String>,
+    pub dev_users: Vec<RawDevUser>,
+    pub auditors: Vec<String>,
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDevUser {
+    pub email: String,
+    pub name: String,
+    pub object_id: Option<String>,
+    pub groups: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawMail {
+    pub from: Option<String>,
+    pub outbox_dir: Option<PathBuf>,
+    pub smtp_url: Option<String>,
+    pub smtp_url_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawReview {
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawKey {
+    pub kid: String,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawJobs {
+    pub enabled: Option<bool>,
+    pub lease: Option<String>,
+    pub poll_interval: Option<String>,
+    pub sweep_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawGuard {
+    pub name: String,
+    pub resource_guard_id: String,
+    pub vaults: Vec<String>,
+    pub approvers: Vec<String>,
+    pub requesters: Option<Vec<String>>,
+    pub watchers: Vec<String>,
+    pub required_approvals: Option<u32>,
+    pub distinct_groups: Option<bool>,
+    pub operation_approvals: BTreeMap<String, u32>,
+    pub max_duration: Option<String>,
+    pub default_duration: Option<String>,
+    pub pending_deadline: Option<String>,
+    pub elevation: Option<String>,
+    pub role_definition_id: Option<String>,
+    pub approver_sign_in: Option<String>,
+}
+
+// ---- validated shapes ----------------------------------------------------------------------
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub mail: MailConfig,
+    pub review: ReviewConfig,
+    pub jobs: JobsConfig,
+    pub guards: Vec<GuardPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub public_url: url::Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Pick a configured person, no password: `twokey demo` only, loopback only.
+    Dev,
+    Oidc,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
+    pub dev_users: Vec<DevUser>,
+    pub auditors: Vec<Subject>,
+    pub admins: Vec<Subject>,
+}
+
+/// A person the dev sign-in offers.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevUser {
+    pub email: String,
+    pub name: String,
+    pub object_id: Option<String>,
+    pub groups: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub from: String,
+    /// Write each message as an `.eml` file here (the demo's outbox).
+    pub outbox_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReviewConfig {
+    /// Signing keys for review links; the first signs, all verify (rotation).
+    pub keys: Vec<ReviewKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReviewKey {
+    pub kid: String,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Run the background worker in this process.
+    pub enabled: bool,
+    /// How long a claimed job is ours before another worker may take it over.
+    pub lease: Duration,
+    /// Longest wait between looks at the jobs table when nothing woke the worker.
+    pub poll_interval: Duration,
+    /// How often pending deadlines are checked.
+    pub sweep_interval: Duration,
+}
+
+/// One thing wrong with the configuration, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found; the configuration is unusable while there is one.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Map `database_url` → `database.url`: the first `_` after a known section becomes a dot.
+fn env_key(key: &str) -> String {
+    for s in SECTIONS {
+        if let Some(rest) = key.strip_prefix(s).and_then(|r| r.strip_prefix('_'))
+            && !rest.is_empty()
+        {
+            return format!("{s}.{rest}");
+        }
+    }
+    key.to_string()
+}
+
+impl RawConfig {
+    /// Layer the file (if any) and the `TWOKEY_…` environment over `base`.
+    pub fn load(base: RawConfig, file: Option<&Path>) -> Result<RawConfig, ConfigErrors> {
+        let mut fig = Figment::from(Serialized::defaults(base));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigErrors(vec![Problem {
+                    key: "--config".into(),
+                    message: format!("{} does not exist", path.display()),
+                }]));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("TWOKEY_")
+            .filter(|k| SECTIONS.iter().any(|s| k.as_str().starts_with(&format!("{s}_"))))
+            .map(|k| env_key(k.as_str()).into());
+        fig = fig.merge(env);
+        fig.extract::<RawConfig>().map_err(|e| {
+            ConfigErrors(
+                e.into_iter()
+                    .map(|e| Problem {
+                        key: if e.path.is_empty() {
+                            "(file)".into()
+                        } else {
+                            e.path.join(".")
+                        },
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Validate everything and collect every problem.
+    pub fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut p = Problems::default();
+
+        let bind = self.server.bind.as_deref().unwrap_or("127.0.0.1:8080");
+        let bind: SocketAddr = p
+            .check("server.bind", bind.parse().map_err(|e| format!("{e}")))
+            .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+        let public_url = match &self.server.public_url {
+            Some(u) => p.check(
+                "server.public_url",
+                url::Url::parse(u)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| match u.scheme() {
+                        "http" | "https" if u.host().is_some() => Ok(u),
+                        _ => Err("must be an http(s) URL with a host".into()),
+                    }),
+            ),
+            None => url::Url::parse(&format!("http://{bind}")).ok(),
+        }
+        .unwrap_or_else(|| url::Url::parse("http://127.0.0.1:8080").expect("static url"));
+
+        let db_url = p.secret("database.url", self.database.url, self.database.url_file);
+        let db_url = match db_url {
+            Some(u)
+                if u.expose().starts_with("sqlite:") || u.expose().starts_with("postgres") =>
+            {
+                Some(u)
+            }
+            Some(u) => {
+                p.push(
+                    "database.url",
+                    format!(
+                        "`{}` is neither sqlite:… nor postgres://…",
+                        redact_url(u.expose())
+                    ),
+                );
+                None
+            }
+            None => {
+                p.push("database.url", "is required (sqlite://twokey.db or postgres://…)");
+                None
+            }
+        };
+        let max_connections = self.database.max_connections.unwrap_or(8);
+        if max_connections == 0 {
+            p.push("database.max_connections", "must be at least 1");
+        }
+
+        let mode = match self.auth.mode.as_deref().unwrap_or("oidc") {
+            "dev" => AuthMode::Dev,
+            "oidc" => AuthMode::Oidc,
+            other => {
+                p.push("auth.mode", format!("`{other}` is not one of dev, oidc"));
+                AuthMode::Oidc
+            }
+        };
+        // SECURITY: the dev sign-in lets anyone be anyone; it only ever listens on loopback.
+        if mode == AuthMode::Dev && !bind.ip().is_loopback() {
+            p.push(
+                "auth.mode",
+                format!("`dev` sign-in refuses to listen on the non-loopback address {bind}"),
+            );
+        }
+        if mode == AuthMode::Oidc {
+            if self.auth.issuer.is_none() {
+                p.push("auth.issuer", "is required with auth.mode = \"oidc\"");
+            }
+            if self.auth.client_id.is_none() {
+                p.push("auth.client_id", "is required with auth.mode = \"oidc\"");
+            }
+            let _ = p.secret(
+                "auth.client_secret",
+                self.auth.client_secret,
+                self.auth.client_secret_file,
+            );
+            p.push(
+                "auth.mode",
+                "OpenID Connect sign-in is not in this build yet; only `dev` (twokey demo) works",
+            );
+        }
+        let session_idle = p
+            .duration("auth.session_idle", self.auth.session_idle.as_deref(), "8h")
+            .unwrap_or(Duration::from_secs(8 * 3600));
+        let session_absolute = p
+            .duration("auth.session_absolute", self.auth.session_absolute.as_deref(), "24h")
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let mut dev_users = Vec::new();
+        for (i, u) in self.auth.dev_users.into_iter().enumerate() {
+            let key = format!("auth.dev_users[{i}]");
+            if !is_plausible_email(&u.email) {
+                p.push(&format!("{key}.email"), format!("`{}` is not an email", u.email));
+                continue;
+            }
+            if let Some(oid) = &u.object_id
+                && uuid::Uuid::parse_str(oid).is_err()
+            {
+                p.push(&format!("{key}.object_id"), "must be a GUID");
+            }
+            dev_users.push(DevUser {
+                name: if u.name.is_empty() { u.email.clone() } else { u.name },
+                email: u.email,
+                object_id: u.object_id,
+                groups: u.groups,
+                description: u.description,
+            });
+        }
+        if mode == AuthMode::Dev && dev_users.is_empty() {
+            p.push("auth.dev_users", "dev sign-in needs at least one person");
+        }
+        let auditors = p.subjects("auth.auditors", &self.auth.auditors);
+        let admins = p.subjects("auth.admins", &self.auth.admins);
+
+        let from = self
+            .mail
+            .from
+            .unwrap_or_else(|| "twokey <twokey@localhost.localdomain>".into());
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            p.push("mail.from", format!("`{from}` is not a mailbox"));
+        }
+        if self.mail.smtp_url.is_some() || self.mail.smtp_url_file.is_some() {
+            p.push(
+                "mail.smtp_url",
+                "SMTP delivery is not in this build yet; use mail.outbox_dir",
+            );
+        }
+
+        let mut keys = Vec::new();
+        for (i, k) in self.review.keys.into_iter().enumerate() {
+            let key = format!("review.keys[{i}]");
+            if k.kid.is_empty() || k.kid.len() > 64 || !k.kid.chars().all(|c| c.is_ascii_graphic()) {
+                p.push(&format!("{key}.kid"), "must be 1–64 printable ASCII characters");
+            }
+            if let Some(secret) = p.secret(&format!("{key}.secret"), k.secret, k.secret_file) {
+                if secret.expose().len() < 32 {
+                    p.push(&format!("{key}.secret"), "must be at least 32 bytes");
+                }
+                keys.push(ReviewKey { kid: k.kid, secret });
+            } else {
+                p.push(&format!("{key}.secret"), "is required");
+            }
+        }
+        if keys.is_empty() {
+            p.push("review.keys", "at least one signing key for review links is required");
+        }
+
+        let jobs = JobsConfig {
+            enabled: self.jobs.enabled.unwrap_or(true),
+            lease: p
+                .duration("jobs.lease", self.jobs.lease.as_deref(), "2m")
+                .unwrap_or(Duration::from_secs(120)),
+            poll_interval: p
+                .duration("jobs.poll_interval", self.jobs.poll_interval.as_deref(), "1s")
+                .unwrap_or(Duration::from_secs(1)),
+            sweep_interval: p
+                .duration("jobs.sweep_interval", self.jobs.sweep_interval.as_deref(), "15s")
+                .unwrap_or(Duration::from_secs(15)),
+        };
+
+        let mut guards: Vec<GuardPolicy> = Vec::new();
+        for (i, g) in self.guards.into_iter().enumerate() {
+            if let Some(g) = validate_guard(&mut p, i, g) {
+                if guards.iter().any(|o| o.name == g.name) {
+                    p.push(&format!("guards[{i}].name"), format!("`{}` is used twice", g.name));
+                }
+                guards.push(g);
+            }
+        }
+        if guards.is_empty() {
+            p.push("guards", "at least one guard is required");
+        }
+
+        if !p.0.is_empty() {
+            return Err(ConfigErrors(p.0));
+        }
+        Ok(Config {
+            server: ServerConfig { bind, public_url },
+            database: DatabaseConfig {
+                url: db_url.expect("checked above"),
+                max_connections,
+            },
+            auth: AuthConfig {
+                mode,
+                session_idle,
+                session_absolute,
+                dev_users,
+                auditors,
+                admins,
+            },
+            mail: MailConfig {
+                from,
+                outbox_dir: self.mail.outbox_dir,
+            },
+            review: ReviewConfig { keys },
+            jobs,
+            guards,
+        })
+    }
+}
+
+fn minutes(d: Duration) -> u32 {
+    u32::try_from(d.as_secs() / 60).unwrap_or(u32::MAX)
+}
+
+fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy> {
+    let key = |k: &str| format!("guards[{i}].{k}");
+    let before = p.0.len();
+    if g.name.is_empty()
+        || g.name.len() > 64
+        || !g
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        p.push(&key("name"), "must be 1–64 characters of letters, digits, - and _");
+    }
+    let resource_guard_id = p.check(
+        &key("resource_guard_id"),
+        ResourceGuardId::parse(&g.resource_guard_id).map_err(|e| e.to_string()),
+    );
+    if g.vaults.is_empty() {
+        p.push(&key("vaults"), "at least one vault pattern is required");
+    }
+    let vaults: Vec<VaultPattern> = g
+        .vaults
+        .iter()
+        .enumerate()
+        .filter_map(|(j, v)| {
+            p.check(
+                &format!("{}[{j}]", key("vaults")),
+                VaultPattern::parse(v).map_err(|e| e.to_string()),
+            )
+        })
+        .collect();
+    // SECURITY: fail closed — a guard nobody can approve for is a configuration error.
+    if g.approvers.is_empty() {
+        p.push(&key("approvers"), "at least one approver is required");
+    }
+    let approvers = p.subjects(&key("approvers"), &g.approvers);
+    let requesters = g.requesters.as_ref().map(|r| p.subjects(&key("requesters"), r));
+    for (j, w) in g.watchers.iter().enumerate() {
+        let w = w.strip_prefix("user:").unwrap_or(w);
+        if !is_plausible_email(w) {
+            p.push(&format!("{}[{j}]", key("watchers")), format!("`{w}` is not an email"));
+        }
+    }
+    let watchers = g
+        .watchers
+        .iter()
+        .map(|w| w.strip_prefix("user:").unwrap_or(w).to_string())
+        .collect();
+    let required_approvals = g.required_approvals.unwrap_or(1);
+    if !(1..=10).contains(&required_approvals) {
+        p.push(&key("required_approvals"), "must be between 1 and 10");
+    }
+    let distinct_groups = g.distinct_groups.unwrap_or(false);
+    if distinct_groups && (approvers.len() as u32) < required_approvals {
+        p.push(
+            &key("distinct_groups"),
+            format!(
+                "needs at least {required_approvals} approver entries to draw {required_approvals} distinct approvals from"
+            ),
+        );
+    }
+    for (op, n) in &g.operation_approvals {
+        if crate::domain::operations::find(op).is_none() {
+            p.push(&format!("{}.{op}", key("operation_approvals")), "unknown operation");
+        }
+        if !(1..=10).contains(n) {
+            p.push(&format!("{}.{op}", key("operation_approvals")), "must be between 1 and 10");
+        }
+    }
+    let max_duration = p
+        .duration(&key("max_duration"), g.max_duration.as_deref(), "4h")
+        .map(minutes)
+        .unwrap_or(240);
+    let default_duration = p
+        .duration(&key("default_duration"), g.default_duration.as_deref(), "1h")
+        .map(minutes)
+        .unwrap_or(60)
+        .min(max_duration);
+    let pending_deadline = p
+        .duration(&key("pending_deadline"), g.pending_deadline.as_deref(), "24h")
+        .map(minutes)
+        .unwrap_or(24 * 60);
+    if !(5..=60 * 24 * 7).contains(&max_duration) {
+        p.push(&key("max_duration"), "must be between 5 minutes and 7 days");
+    }
+    if !(5..=60 * 24 * 30).contains(&pending_deadline) {
+        p.push(&key("pending_deadline"), "must be between 5 minutes and 30 days");
+    }
+    let elevation = match g.elevation.as_deref() {
+        None => Some(ElevationBackend::AzurePim),
+        Some(e) => {
+            let b = ElevationBackend::parse(e);
+            if b.is_none() {
+                p.push(&key("elevation"), format!("`{e}` is not one of azure-pim, azure-rbac, simulated"));
+            }
+            b
+        }
+    };
+    if matches!(elevation, Some(ElevationBackend::AzurePim | ElevationBackend::AzureRbac)) {
+        p.push(
+            &key("elevation"),
+            "the Azure elevation backends are not in this build yet; use `simulated`",
+        );
+    }
+    let role_definition_id = g
+        .role_definition_id
+        .clone()
+        .unwrap_or_else(|| BACKUP_MUA_OPERATOR_ROLE.to_string());
+    if uuid::Uuid::parse_str(&role_definition_id).is_err() {
+        p.push(&key("role_definition_id"), "must be a role definition GUID");
+    }
+    let approver_sign_in = match g.approver_sign_in.as_deref() {
+        None | Some("required") => ApproverSignIn::Required,
+        Some("link-only") => ApproverSignIn::LinkOnly,
+        Some(o) => {
+            p.push(&key("approver_sign_in"), format!("`{o}` is not one of required, link-only"));
+            ApproverSignIn::Required
+        }
+    };
+    if p.0.len() != before {
+        return None;
+    }
+    Some(GuardPolicy {
+        name: g.name,
+        resource_guard_id: resource_guard_id?,
+        vaults,
+        approvers,
+        requesters,
+        watchers,
+        required_approvals,
+        distinct_groups,
+        operation_approvals: g.operation_approvals,
+        max_duration_minutes: max_duration,
+        default_duration_minutes: default_duration,
+        pending_deadline_minutes: pending_deadline,
+        elevation: elevation?,
+        role_definition_id: role_definition_id.to_ascii_lowercase(),
+        approver_sign_in,
+    })
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(key, e);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, raw: Option<&str>, default: &str) -> Option<Duration> {
+        let raw = raw.unwrap_or(default);
+        self.check(
+            key,
+            humantime::parse_duration(raw)
+                .map_err(|e| format!("`{raw}` is not a duration like 30m, 4h, 1d ({e})")),
+        )
+    }
+
+    fn subjects(&mut self, key: &str, raw: &[String]) -> Vec<Subject> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(j, s)| self.check(&format!("{key}[{j}]"), Subject::parse(s)))
+            .collect()
+    }
+
+    /// A secret given inline (env or file) or as `<key>_file`; both at once is refused.
+    fn secret(&mut self, key: &str, inline: Option<String>, file: Option<PathBuf>) -> Option<Secret> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.push(key, format!("set either {key} or {key}_file, not both"));
+                None
+            }
+            (Some(v), None) => Some(Secret::new(v)),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(v) => Some(Secret::new(v.trim_end_matches(['\n', '\r']))),
+                Err(e) => {
+                    self.push(&format!("{key}_file"), format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> RawConfig {
+        toml::from_str(
+            r#"
+            [database]
+            url = "sqlite://x.db"
+            [auth]
+            mode = "dev"
+            dev_users = [{ email = "a@x.io", name = "A" }]
+            [[review.keys]]
+            kid = "k1"
+            secret = "0123456789abcdef0123456789abcdef"
+            [[guards]]
+            name = "g"
+            resource_guard_id = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/sec/providers/Microsoft.DataProtection/resourceGuards/guard"
+            vaults = ["/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/*"]
+            approvers = ["user:b@x.io"]
+            elevation = "simulated"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_minimal_config_validates() {
+        let c = minimal().validate().unwrap();
+        assert_eq!(c.guards[0].max_duration_minutes, 240);
+        assert_eq!(c.guards[0].required_approvals, 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let mut raw = minimal();
+        raw.server.bind = Some("0.0.0.0:80".into());
+        raw.guards[0].approvers = vec![];
+        raw.guards[0].max_duration = Some("forever".into());
+        raw.guards[0].vaults = vec!["/subscriptions/bad".into()];
+        raw.review.keys[0].secret = Some("short".into());
+        let errs = raw.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "auth.mode",
+            "guards[0].approvers",
+            "guards[0].max_duration",
+            "guards[0].vaults[0]",
+            "review.keys[0].secret",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn secret_inline_and_file_together_is_refused() {
+        let mut raw = minimal();
+        raw.database.url_file = Some("/dev/null".into());
+        let errs = raw.validate().unwrap_err().0;
+        assert!(errs.iter().any(|p| p.key == "database.url"));
+    }
+
+    #[test]
+    fn secret_files_are_read_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("db");
+        std::fs::write(&f, "postgres://u:topsecret@h/db\n").unwrap();
+        let mut raw = minimal();
+        raw.database.url = None;
+        raw.database.url_file = Some(f);
+        let c = raw.validate().unwrap();
+        assert_eq!(c.database.url.expose(), "postgres://u:topsecret@h/db");
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn env_keys_map_to_sections() {
+        assert_eq!(env_key("database_url"), "database.url");
+        assert_eq!(env_key("server_public_url"), "server.public_url");
+        assert_eq!(env_key("auth_client_secret_file"), "auth.client_secret_file");
+    }
+}

@@ -1,0 +1,102 @@
+//! One error type for the JSON API: `{"error": {"code", "message"}}` with a fitting status.
+//! 5xx bodies are generic; the detail goes to the log once, never to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::domain::request::DomainError;
+use crate::service::ServiceError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn unauthenticated() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in first")
+    }
+    pub fn csrf() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "missing or wrong X-CSRF-Token header (take it from GET /api/v1/session)",
+        )
+    }
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such request")
+    }
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_input",
+            message: format!("{field}: {}", message.into()),
+            field: Some(field),
+        }
+    }
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side; nothing was changed",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(f) = self.field {
+            body["error"]["field"] = json!(f);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Domain(d) => {
+                let status = match &d {
+                    DomainError::Invalid { field, message } => {
+                        return ApiError::invalid(field, message.clone());
+                    }
+                    DomainError::NotARequester(_)
+                    | DomainError::NotAnApprover(_)
+                    | DomainError::SelfApproval
+                    | DomainError::NotTheRequester
+                    | DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
+                    DomainError::AlreadyDecided
+                    | DomainError::StateConflict(_)
+                    | DomainError::DeadlinePassed
+                    | DomainError::PolicyChanged => StatusCode::CONFLICT,
+                };
+                ApiError::new(status, d.code(), d.to_string())
+            }
+            ServiceError::NotFound => ApiError::not_found(),
+            ServiceError::Store(e) => {
+                tracing::error!(error = %e, "storage error");
+                ApiError::internal()
+            }
+            ServiceError::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,120 @@
+//! The worker: claims due jobs with a lease, runs them, retries failures with exponential
+//! backoff, and gives up (recording why) after a kind's last attempt. It also runs the
+//! periodic sweep that expires pending requests past their deadline.
+//!
+//! Several workers (in one process or in several replicas) may run at once: a claim is a
+//! conditional update, and a job's effects commit only while its lease holds.
+
+use std::time::Duration as StdDuration;
+
+use time::Duration;
+use tokio::sync::watch;
+
+use crate::service::jobs_api::JobFailure;
+use crate::service::{Service, ServiceResult, backoff};
+use crate::timefmt;
+
+/// One worker identity (shows up as `lease_owner` in the jobs table).
+#[derive(Clone)]
+pub struct Worker {
+    svc: Service,
+    owner: String,
+}
+
+impl Worker {
+    pub fn new(svc: Service, owner: impl Into<String>) -> Self {
+        Self {
+            svc,
+            owner: owner.into(),
+        }
+    }
+
+    /// Claim and run one due job. Returns whether there was one.
+    pub async fn run_once(&self) -> ServiceResult<bool> {
+        let now = self.svc.now();
+        let lease = Duration::seconds(self.svc.config.jobs.lease.as_secs() as i64);
+        let Some(job) = self
+            .svc
+            .store
+            .claim_job(&self.owner, &timefmt::fmt(now), &timefmt::fmt(now + lease))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempts);
+        let _g = span.enter();
+        match self.svc.run_job(&job, &self.owner).await {
+            Ok(true) => tracing::debug!("job done"),
+            Ok(false) => tracing::warn!("job lease lost; another worker owns it"),
+            Err(JobFailure::Retry(e)) if job.attempts < job.max_attempts => {
+                let run_at = self.svc.now() + backoff(job.attempts);
+                tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job failed; will retry");
+                self.svc
+                    .store
+                    .retry_job(&job, &self.owner, &timefmt::fmt(run_at), &e, false, &timefmt::fmt(self.svc.now()))
+                    .await?;
+            }
+            Err(JobFailure::Retry(e)) | Err(JobFailure::Permanent(e)) => {
+                tracing::error!(error = %e, "job failed for good");
+                self.svc.fail_job_for_good(&job, &self.owner, &e).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Run due jobs until none is left. Returns how many ran.
+    pub async fn drain(&self) -> ServiceResult<usize> {
+        let mut n = 0;
+        // Bounded so that a job that keeps re-queuing itself cannot spin forever.
+        while n < 100_000 && self.run_once().await? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Periodic work: expire pending requests past their deadline, drop dead sessions.
+    pub async fn sweep(&self) -> ServiceResult<()> {
+        self.svc.expire_due().await?;
+        self.svc
+            .store
+            .delete_expired_sessions(&timefmt::fmt(self.svc.now()))
+            .await?;
+        Ok(())
+    }
+
+    /// Work until `shutdown` turns true: drain, sweep when due, then wait for a wake-up, the
+    /// next due job, or the poll interval, whichever comes first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let poll = self.svc.config.jobs.poll_interval;
+        let sweep_every = self.svc.config.jobs.sweep_interval;
+        let mut last_sweep: Option<tokio::time::Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
+                if let Err(e) = self.sweep().await {
+                    tracing::error!(error = %e, "sweep failed");
+                }
+                last_sweep = Some(tokio::time::Instant::now());
+            }
+            if let Err(e) = self.drain().await {
+                tracing::error!(error = %e, "worker error");
+            }
+            let wait = match self.svc.store.next_job_due().await {
+                Ok(Some(due)) => timefmt::parse(&due)
+                    .ok()
+                    .map(|d| d - self.svc.now())
+                    .map(|d| StdDuration::from_millis(d.whole_milliseconds().clamp(0, poll.as_millis() as i128) as u64))
+                    .unwrap_or(poll),
+                _ => poll,
+            };
+            tokio::select! {
+                _ = self.svc.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!(owner = %self.owner, "worker stopped");
+    }
+}

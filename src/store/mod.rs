@@ -1,0 +1,825 @@
+//! Storage: the only module that speaks SQL. One set of queries runs on SQLite and PostgreSQL
+//! through sqlx's `Any` driver (runtime queries, `$n` placeholders, text times, integer
+//! numbers); each backend has its own migrations. Every writing transaction starts by taking
+//! the audit chain's head row (see [`Store::begin`]), which serializes writers on both backends.
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Executor};
+
+pub use rows::*;
+
+/// A storage failure. `Conflict` is a unique constraint that the caller may map to a user error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database handle shared by the whole app.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A writing transaction. Dropped without `commit`, it rolls back.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, Any>,
+    backend: Backend,
+}
+
+impl Store {
+    /// Open a pool for `url` (`sqlite:…` or `postgres://…`). Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+        }
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL for concurrent readers; FULL so a committed decision survives a
+                        // power cut; foreign keys on; writers wait for each other instead of
+                        // failing at once.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 30000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Apply the backend's migrations.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match self.backend {
+            Backend::Sqlite => MIGRATOR_SQLITE.run(&self.pool).await?,
+            Backend::Postgres => MIGRATOR_POSTGRES.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether every known migration has been applied (for `/readyz`).
+    pub async fn migrations_current(&self) -> StoreResult<bool> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &MIGRATOR_SQLITE,
+            Backend::Postgres => &MIGRATOR_POSTGRES,
+        };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = sqlx::query_scalar(
+            "select max(version) from _sqlx_migrations where success = true",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten();
+        Ok(applied == Some(latest))
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Start a writing transaction.
+    ///
+    /// SECURITY: the first statement takes the audit head row. On PostgreSQL that row lock
+    /// serializes every writer (so two approvals of a 2-of-M request cannot both miss each
+    /// other, and the hash chain has one order); on SQLite a first statement that writes takes
+    /// the database's write lock, with the busy timeout as the wait.
+    pub async fn begin(&self) -> StoreResult<Tx> {
+        let mut inner = self.pool.begin().await?;
+        sqlx::query("update audit_head set seq = seq where id = 1")
+            .execute(&mut *inner)
+            .await?;
+        Ok(Tx {
+            inner,
+            backend: self.backend,
+        })
+    }
+
+    // ---- reads outside a transaction ---------------------------------------------------
+
+    pub async fn get_request(&self, id: &str) -> StoreResult<Option<RequestRow>> {
+        Ok(sqlx::query_as(SELECT_REQUEST_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn decisions_for(&self, request_id: &str) -> StoreResult<Vec<DecisionRow>> {
+        Ok(sqlx::query_as(SELECT_DECISIONS)
+            .bind(request_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn audit_for_request(&self, request_id: &str) -> StoreResult<Vec<AuditRow>> {
+        Ok(sqlx::query_as(
+            "select seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
+             actor_user_agent, request_id, details, prev_hash, hash from audit_event \
+             where request_id = $1 order by seq",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Requests, newest first, filtered by state, requester and/or a set of guards.
+    pub async fn list_requests(&self, f: &RequestFilter) -> StoreResult<Vec<RequestRow>> {
+        let mut sql = format!("{SELECT_REQUEST} where 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.state.is_some() {
+            sql.push_str(&format!(" and state = {}", next()));
+        }
+        if f.requester_id.is_some() {
+            sql.push_str(&format!(" and requester_id = {}", next()));
+        }
+        if let Some(guards) = &f.guards {
+            if guards.is_empty() {
+                return Ok(vec![]);
+            }
+            let ph: Vec<String> = guards.iter().map(|_| next()).collect();
+            sql.push_str(&format!(" and guard in ({})", ph.join(", ")));
+        }
+        sql.push_str(&format!(" order by created_at desc, request_id desc limit {}", f.limit.clamp(1, 500)));
+        let mut q = sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql));
+        if let Some(s) = &f.state {
+            q = q.bind(s.clone());
+        }
+        if let Some(r) = &f.requester_id {
+            q = q.bind(r.clone());
+        }
+        if let Some(guards) = &f.guards {
+            for g in guards {
+                q = q.bind(g.clone());
+            }
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    pub async fn pending_past_deadline(&self, now: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "select request_id from request where state = 'pending' and deadline <= $1 order by deadline",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn pending_with_other_policy(&self, guard: &str, hash: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "select request_id from request where state = 'pending' and guard = $1 and policy_hash <> $2",
+        )
+        .bind(guard)
+        .bind(hash)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Pending requests whose guard no longer exists in the configuration.
+    pub async fn pending_guards(&self) -> StoreResult<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "select request_id, guard from request where state = 'pending'",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn guard_policies(&self) -> StoreResult<Vec<(String, String)>> {
+        Ok(sqlx::query_as("select guard, policy_hash from guard_policy")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn upsert_principal(&self, p: &PrincipalRow) -> StoreResult<String> {
+        let id: String = sqlx::query_scalar(
+            "insert into principal (principal_id, issuer, subject, email, email_normalized, name, \
+             azure_object_id, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             on conflict (issuer, subject) do update set email = excluded.email, \
+             email_normalized = excluded.email_normalized, name = excluded.name, \
+             azure_object_id = excluded.azure_object_id, updated_at = excluded.updated_at \
+             returning principal_id",
+        )
+        .bind(&p.principal_id)
+        .bind(&p.issuer)
+        .bind(&p.subject)
+        .bind(&p.email)
+        .bind(&p.email_normalized)
+        .bind(&p.name)
+        .bind(&p.azure_object_id)
+        .bind(&p.created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn get_principal(&self, id: &str) -> StoreResult<Option<PrincipalRow>> {
+        Ok(sqlx::query_as(
+            "select principal_id, issuer, subject, email, email_normalized, name, azure_object_id, \
+             created_at from principal where principal_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    // ---- sessions ------------------------------------------------------------------------
+
+    pub async fn insert_session(&self, s: &SessionRow) -> StoreResult<()> {
+        sqlx::query(
+            "insert into session (session_hash, principal_id, csrf_token, groups, created_at, \
+             last_seen_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&s.session_hash)
+        .bind(&s.principal_id)
+        .bind(&s.csrf_token)
+        .bind(&s.groups)
+        .bind(&s.created_at)
+        .bind(&s.last_seen_at)
+        .bind(&s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_session(&self, hash: &str) -> StoreResult<Option<SessionRow>> {
+        Ok(sqlx::query_as(
+            "select session_hash, principal_id, csrf_token, groups, created_at, last_seen_at, \
+             expires_at from session where session_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn touch_session(&self, hash: &str, now: &str) -> StoreResult<()> {
+        sqlx::query("update session set last_seen_at = $1 where session_hash = $2")
+            .bind(now)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, hash: &str) -> StoreResult<()> {
+        sqlx::query("delete from session where session_hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_expired_sessions(&self, now: &str) -> StoreResult<u64> {
+        Ok(sqlx::query("delete from session where expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    // ---- jobs ----------------------------------------------------------------------------
+
+    /// Claim the next due job for `owner` until `lease_until`, or `None`.
+    ///
+    /// A job whose lease ran out (its worker died) is due again; the conditional update makes
+    /// two claimers race safely: exactly one gets the row.
+    pub async fn claim_job(&self, owner: &str, now: &str, lease_until: &str) -> StoreResult<Option<JobRow>> {
+        let lock = match self.backend {
+            Backend::Postgres => " for update skip locked",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "update job set lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+             where job_id = (select job_id from job where state = 'queued' and run_at <= $3 \
+               and (lease_until is null or lease_until <= $3) order by run_at, job_id limit 1{lock}) \
+             and state = 'queued' and (lease_until is null or lease_until <= $3) \
+             returning {JOB_COLUMNS}"
+        );
+        // SQL-safe: only fixed fragments and `$n` placeholders are spliced in.
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// When the next queued job is due (to sleep until then).
+    pub async fn next_job_due(&self) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "select min(case when lease_until is not null and lease_until > run_at then lease_until else run_at end) \
+             from job where state = 'queued'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Give a claimed job back for a later attempt (or mark it failed for good).
+    pub async fn retry_job(&self, j: &JobRow, owner: &str, run_at: &str, error: &str, failed_for_good: bool, now: &str) -> StoreResult<bool> {
+        let state = if failed_for_good { "failed" } else { "queued" };
+        let r = sqlx::query(
+            "update job set state = $1, run_at = $2, last_error = $3, lease_owner = null, lease_until = null, \
+             finished_at = $4 where job_id = $5 and lease_owner = $6 and attempts = $7 and state = 'queued'",
+        )
+        .bind(state)
+        .bind(run_at)
+        .bind(error)
+        .bind(if failed_for_good { Some(now.to_string()) } else { None })
+        .bind(&j.job_id)
+        .bind(owner)
+        .bind(j.attempts)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn jobs_for_request(&self, request_id: &str) -> StoreResult<Vec<JobRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "select {JOB_COLUMNS} from job where request_id = $1 order by created_at, job_id"
+        )))
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn job_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as("select kind, state, count(*) from job group by kind, state")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    // ---- review tokens, notifications, grants ---------------------------------------------
+
+    pub async fn get_review_token(&self, jti: &str) -> StoreResult<Option<ReviewTokenRow>> {
+        Ok(sqlx::query_as(
+            "select jti, request_id, approver_email, kid, issued_at, expires_at, used_at \
+             from review_token where jti = $1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_notifications(&self, limit: i64) -> StoreResult<Vec<NotificationRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "select notification_id, request_id, kind, recipient, subject, message_id, path, body, sent_at \
+             from notification order by sent_at desc, notification_id desc limit {}",
+            limit.clamp(1, 1000)
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn get_notification(&self, id: &str) -> StoreResult<Option<NotificationRow>> {
+        Ok(sqlx::query_as(
+            "select notification_id, request_id, kind, recipient, subject, message_id, path, body, sent_at \
+             from notification where notification_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn get_grant(&self, request_id: &str) -> StoreResult<Option<GrantRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "select {GRANT_COLUMNS} from grant_record where request_id = $1"
+        )))
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn simulated_calls(&self, request_id: &str) -> StoreResult<Vec<SimulatedCallRow>> {
+        Ok(sqlx::query_as(
+            "select call_id, request_id, step, body, at from simulated_call where request_id = $1 order by at, call_id",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    // ---- audit reads -------------------------------------------------------------------
+
+    /// Every audit row in `seq` order, streamed (constant memory).
+    pub fn audit_stream(&self) -> BoxStream<'_, StoreResult<AuditRow>> {
+        sqlx::query_as::<_, AuditRow>(
+            "select seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
+             actor_user_agent, request_id, details, prev_hash, hash from audit_event order by seq",
+        )
+        .fetch(&self.pool)
+        .map_err(StoreError::from)
+        .boxed()
+    }
+
+    pub async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        Ok(sqlx::query_as("select seq, hash from audit_head where id = 1")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn count_audit(&self, action: &str, request_id: Option<&str>) -> StoreResult<i64> {
+        let q = match request_id {
+            Some(r) => sqlx::query_scalar(
+                "select count(*) from audit_event where action = $1 and request_id = $2",
+            )
+            .bind(action)
+            .bind(r.to_string()),
+            None => sqlx::query_scalar("select count(*) from audit_event where action = $1")
+                .bind(action),
+        };
+        Ok(q.fetch_one(&self.pool).await?)
+    }
+
+    /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
+    #[doc(hidden)]
+    pub async fn execute_raw_for_tests(&self, sql: &str) -> StoreResult<u64> {
+        Ok(sqlx::query(AssertSqlSafe(sql.to_string())).execute(&self.pool).await?.rows_affected())
+    }
+}
+
+impl Tx {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn commit(self) -> StoreResult<()> {
+        self.inner.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_request(&mut self, id: &str) -> StoreResult<Option<RequestRow>> {
+        Ok(sqlx::query_as(SELECT_REQUEST_BY_ID)
+            .bind(id)
+            .fetch_optional(&mut *self.inner)
+            .await?)
+    }
+
+    pub async fn decisions_for(&mut self, request_id: &str) -> StoreResult<Vec<DecisionRow>> {
+        Ok(sqlx::query_as(SELECT_DECISIONS)
+            .bind(request_id)
+            .fetch_all(&mut *self.inner)
+            .await?)
+    }
+
+    pub async fn insert_request(&mut self, r: &RequestRow) -> StoreResult<()> {
+        sqlx::query(
+            "insert into request (request_id, guard, policy_hash, vault_id, operation, requester_id, \
+             requester_email, requester_name, requester_object_id, justification, ticket, \
+             duration_minutes, required_approvals, state, created_at, deadline) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(&r.request_id)
+        .bind(&r.guard)
+        .bind(&r.policy_hash)
+        .bind(&r.vault_id)
+        .bind(&r.operation)
+        .bind(&r.requester_id)
+        .bind(&r.requester_email)
+        .bind(&r.requester_name)
+        .bind(&r.requester_object_id)
+        .bind(&r.justification)
+        .bind(&r.ticket)
+        .bind(r.duration_minutes)
+        .bind(r.required_approvals)
+        .bind(&r.state)
+        .bind(&r.created_at)
+        .bind(&r.deadline)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
+    /// Record a decision unless this approver already has one (returns whether it was new).
+    pub async fn insert_decision(&mut self, d: &DecisionRow) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "insert into decision (decision_id, request_id, approver_id, approver_email, approver_name, \
+             approver_object_id, verdict, comment, matched, channel, at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             on conflict (request_id, approver_id) do nothing",
+        )
+        .bind(&d.decision_id)
+        .bind(&d.request_id)
+        .bind(&d.approver_id)
+        .bind(&d.approver_email)
+        .bind(&d.approver_name)
+        .bind(&d.approver_object_id)
+        .bind(&d.verdict)
+        .bind(&d.comment)
+        .bind(&d.matched)
+        .bind(&d.channel)
+        .bind(&d.at)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Move a request from `from` to `to`, only if it is still in `from`. Returns whether it
+    /// moved: `false` means someone else got there first, and the caller must roll back.
+    pub async fn transition(&mut self, id: &str, from: &str, to: &str, set: &TransitionSet) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "update request set state = $1, \
+               decided_at = coalesce($2, decided_at), \
+               active_from = coalesce($3, active_from), \
+               active_until = coalesce($4, active_until), \
+               ended_at = coalesce($5, ended_at), \
+               end_reason = coalesce($6, end_reason), \
+               failure_message = coalesce($7, failure_message) \
+             where request_id = $8 and state = $9",
+        )
+        .bind(to)
+        .bind(&set.decided_at)
+        .bind(&set.active_from)
+        .bind(&set.active_until)
+        .bind(&set.ended_at)
+        .bind(&set.end_reason)
+        .bind(&set.failure_message)
+        .bind(id)
+        .bind(from)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Mark an active window for early end (once).
+    pub async fn request_end(&mut self, id: &str, now: &str, by: &str, reason: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "update request set end_requested_at = $1, end_requested_by = $2, end_reason = $3 \
+             where request_id = $4 and state = 'active' and end_requested_at is null",
+        )
+        .bind(now)
+        .bind(by)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Queue a job. With a `dedupe_key` already present, nothing is added (returns `false`).
+    pub async fn insert_job(&mut self, j: &NewJob) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
+             max_attempts, run_at, created_at) values ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $8) \
+             on conflict (dedupe_key) do nothing",
+        )
+        .bind(&j.job_id)
+        .bind(&j.kind)
+        .bind(&j.request_id)
+        .bind(&j.payload)
+        .bind(&j.dedupe_key)
+        .bind(j.max_attempts)
+        .bind(&j.run_at)
+        .bind(&j.created_at)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Bring a queued job forward (e.g. the revoke of a window ended early).
+    pub async fn reschedule_job(&mut self, dedupe_key: &str, run_at: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "update job set run_at = $1 where dedupe_key = $2 and state = 'queued' and run_at > $1",
+        )
+        .bind(run_at)
+        .bind(dedupe_key)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Finish a claimed job. `false` means the lease was lost (another worker took over): the
+    /// caller must roll back so the job's effect is not applied twice.
+    pub async fn complete_job(&mut self, j: &JobRow, owner: &str, now: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "update job set state = 'done', finished_at = $1, lease_owner = null, lease_until = null \
+             where job_id = $2 and lease_owner = $3 and attempts = $4 and state = 'queued'",
+        )
+        .bind(now)
+        .bind(&j.job_id)
+        .bind(owner)
+        .bind(j.attempts)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Mark a claimed job failed for good (only while the lease holds).
+    pub async fn fail_job(&mut self, j: &JobRow, owner: &str, now: &str, error: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "update job set state = 'failed', finished_at = $1, last_error = $2, lease_owner = null, \
+             lease_until = null where job_id = $3 and lease_owner = $4 and attempts = $5 and state = 'queued'",
+        )
+        .bind(now)
+        .bind(error)
+        .bind(&j.job_id)
+        .bind(owner)
+        .bind(j.attempts)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn insert_review_token(&mut self, t: &ReviewTokenRow) -> StoreResult<()> {
+        sqlx::query(
+            "insert into review_token (jti, request_id, approver_email, kid, issued_at, expires_at) \
+             values ($1, $2, $3, $4, $5, $6) on conflict (jti) do nothing",
+        )
+        .bind(&t.jti)
+        .bind(&t.request_id)
+        .bind(&t.approver_email)
+        .bind(&t.kid)
+        .bind(&t.issued_at)
+        .bind(&t.expires_at)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
+    /// Use a review token once. `false`: it was already used (a replay).
+    pub async fn consume_review_token(&mut self, jti: &str, now: &str) -> StoreResult<bool> {
+        let r = sqlx::query("update review_token set used_at = $1 where jti = $2 and used_at is null")
+            .bind(now)
+            .bind(jti)
+            .execute(&mut *self.inner)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn insert_notification(&mut self, n: &NotificationRow) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "insert into notification (notification_id, request_id, kind, recipient, subject, message_id, path, body, sent_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (notification_id) do nothing",
+        )
+        .bind(&n.notification_id)
+        .bind(&n.request_id)
+        .bind(&n.kind)
+        .bind(&n.recipient)
+        .bind(&n.subject)
+        .bind(&n.message_id)
+        .bind(&n.path)
+        .bind(&n.body)
+        .bind(&n.sent_at)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn insert_grant(&mut self, g: &GrantRow) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "insert into grant_record (request_id, backend, scope, role_definition_id, principal_object_id, \
+             state, requested_at, active_from, active_until, ended_at, detail) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) on conflict (request_id) do nothing",
+        )
+        .bind(&g.request_id)
+        .bind(&g.backend)
+        .bind(&g.scope)
+        .bind(&g.role_definition_id)
+        .bind(&g.principal_object_id)
+        .bind(&g.state)
+        .bind(&g.requested_at)
+        .bind(&g.active_from)
+        .bind(&g.active_until)
+        .bind(&g.ended_at)
+        .bind(&g.detail)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn update_grant(&mut self, request_id: &str, from: &str, to: &str, set: &GrantSet) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "update grant_record set state = $1, active_from = coalesce($2, active_from), \
+             active_until = coalesce($3, active_until), ended_at = coalesce($4, ended_at), \
+             detail = coalesce($5, detail) where request_id = $6 and state = $7",
+        )
+        .bind(to)
+        .bind(&set.active_from)
+        .bind(&set.active_until)
+        .bind(&set.ended_at)
+        .bind(&set.detail)
+        .bind(request_id)
+        .bind(from)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Record a simulated Azure call; a repeat of the same call id is a no-op (`false`).
+    pub async fn insert_simulated_call(&mut self, c: &SimulatedCallRow) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "insert into simulated_call (call_id, request_id, step, body, at) values ($1, $2, $3, $4, $5) \
+             on conflict (call_id) do nothing",
+        )
+        .bind(&c.call_id)
+        .bind(&c.request_id)
+        .bind(&c.step)
+        .bind(&c.body)
+        .bind(&c.at)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn upsert_guard_policy(&mut self, guard: &str, hash: &str, now: &str) -> StoreResult<()> {
+        sqlx::query(
+            "insert into guard_policy (guard, policy_hash, loaded_at) values ($1, $2, $3) \
+             on conflict (guard) do update set policy_hash = excluded.policy_hash, loaded_at = excluded.loaded_at",
+        )
+        .bind(guard)
+        .bind(hash)
+        .bind(now)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
+    }
+
+    // ---- the audit chain ---------------------------------------------------------------
+
+    /// The chain head, already locked by [`Store::begin`].
+    pub async fn audit_head(&mut self) -> StoreResult<(i64, String)> {
+        Ok(sqlx::query_as("select seq, hash from audit_head where id = 1")
+            .fetch_one(&mut *self.inner)
+            .await?)
+    }
+
+    /// Append one event and move the head to it.
+    pub async fn append_audit(&mut self, e: &AuditRow) -> StoreResult<()> {
+        sqlx::query(
+            "insert into audit_event (seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
+             actor_user_agent, request_id, details, prev_hash, hash) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(e.seq)
+        .bind(&e.at)
+        .bind(&e.action)
+        .bind(&e.actor_id)
+        .bind(&e.actor_email)
+        .bind(&e.actor_object_id)
+        .bind(&e.actor_ip)
+        .bind(&e.actor_user_agent)
+        .bind(&e.request_id)
+        .bind(&e.details)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut *self.inner)
+        .await?;
+        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+            .bind(e.seq)
+            .bind(&e.hash)
+            .execute(&mut *self.inner)
+            .await?;
+        Ok(())
+    }
+}
