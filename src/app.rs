@@ -31,14 +31,23 @@ impl App {
 
     /// Build with a given clock (tests move time with a `ManualClock`).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = Store::connect(config.database.url.expose(), config.database.max_connections)
-            .await
-            .context("connecting to the database")?;
+        let store = Store::connect(
+            config.database.url.expose(),
+            config.database.max_connections,
+        )
+        .await
+        .context("connecting to the database")?;
         store.migrate().await.context("applying migrations")?;
         let svc = Service::new(store, Arc::new(config), clock);
-        let voided = svc.load_policies().await.context("recording guard policies")?;
+        let voided = svc
+            .load_policies()
+            .await
+            .context("recording guard policies")?;
         if voided > 0 {
-            tracing::warn!(voided, "pending requests voided: their guard's policy changed");
+            tracing::warn!(
+                voided,
+                "pending requests voided: their guard's policy changed"
+            );
         }
         let bind = svc.config.server.bind;
         let listener = TcpListener::bind(bind)
@@ -68,10 +77,16 @@ impl App {
     }
 
     /// Serve until `shutdown` resolves, then stop the worker and finish in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker = if self.state.svc.config.jobs.enabled {
-            let w = Worker::new(self.state.svc.clone(), format!("{}-{}", hostname(), uuid::Uuid::new_v4()));
+            let w = Worker::new(
+                self.state.svc.clone(),
+                format!("{}-{}", hostname(), uuid::Uuid::new_v4()),
+            );
             let alive = self.state.worker_alive.clone();
             let rx = stop_rx.clone();
             Some(tokio::spawn(async move {
@@ -111,7 +126,8 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

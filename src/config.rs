@@ -24,7 +24,9 @@ use crate::domain::principal::is_plausible_email;
 use crate::secret::{Secret, redact_url};
 
 /// The top-level sections; an env var `TWOKEY_<SECTION>_<KEY>` maps to `<section>.<key>`.
-const SECTIONS: &[&str] = &["server", "database", "auth", "mail", "review", "jobs", "azure"];
+const SECTIONS: &[&str] = &[
+    "server", "database", "auth", "mail", "review", "jobs", "azure",
+];
 
 // ---- raw shapes: what the file and environment may contain -------------------------------
 
@@ -273,7 +275,11 @@ impl RawConfig {
             fig = fig.merge(Toml::file(path));
         }
         let env = Env::prefixed("TWOKEY_")
-            .filter(|k| SECTIONS.iter().any(|s| k.as_str().starts_with(&format!("{s}_"))))
+            .filter(|k| {
+                SECTIONS
+                    .iter()
+                    .any(|s| k.as_str().starts_with(&format!("{s}_")))
+            })
             .map(|k| env_key(k.as_str()).into());
         fig = fig.merge(env);
         fig.extract::<RawConfig>().map_err(|e| {
@@ -316,9 +322,7 @@ impl RawConfig {
 
         let db_url = p.secret("database.url", self.database.url, self.database.url_file);
         let db_url = match db_url {
-            Some(u)
-                if u.expose().starts_with("sqlite:") || u.expose().starts_with("postgres") =>
-            {
+            Some(u) if u.expose().starts_with("sqlite:") || u.expose().starts_with("postgres") => {
                 Some(u)
             }
             Some(u) => {
@@ -332,7 +336,10 @@ impl RawConfig {
                 None
             }
             None => {
-                p.push("database.url", "is required (sqlite://twokey.db or postgres://…)");
+                p.push(
+                    "database.url",
+                    "is required (sqlite://twokey.db or postgres://…)",
+                );
                 None
             }
         };
@@ -377,13 +384,20 @@ impl RawConfig {
             .duration("auth.session_idle", self.auth.session_idle.as_deref(), "8h")
             .unwrap_or(Duration::from_secs(8 * 3600));
         let session_absolute = p
-            .duration("auth.session_absolute", self.auth.session_absolute.as_deref(), "24h")
+            .duration(
+                "auth.session_absolute",
+                self.auth.session_absolute.as_deref(),
+                "24h",
+            )
             .unwrap_or(Duration::from_secs(24 * 3600));
         let mut dev_users = Vec::new();
         for (i, u) in self.auth.dev_users.into_iter().enumerate() {
             let key = format!("auth.dev_users[{i}]");
             if !is_plausible_email(&u.email) {
-                p.push(&format!("{key}.email"), format!("`{}` is not an email", u.email));
+                p.push(
+                    &format!("{key}.email"),
+                    format!("`{}` is not an email", u.email),
+                );
                 continue;
             }
             if let Some(oid) = &u.object_id
@@ -392,7 +406,11 @@ impl RawConfig {
                 p.push(&format!("{key}.object_id"), "must be a GUID");
             }
             dev_users.push(DevUser {
-                name: if u.name.is_empty() { u.email.clone() } else { u.name },
+                name: if u.name.is_empty() {
+                    u.email.clone()
+                } else {
+                    u.name
+                },
                 email: u.email,
                 object_id: u.object_id,
                 groups: u.groups,
@@ -422,8 +440,12 @@ impl RawConfig {
         let mut keys = Vec::new();
         for (i, k) in self.review.keys.into_iter().enumerate() {
             let key = format!("review.keys[{i}]");
-            if k.kid.is_empty() || k.kid.len() > 64 || !k.kid.chars().all(|c| c.is_ascii_graphic()) {
-                p.push(&format!("{key}.kid"), "must be 1–64 printable ASCII characters");
+            if k.kid.is_empty() || k.kid.len() > 64 || !k.kid.chars().all(|c| c.is_ascii_graphic())
+            {
+                p.push(
+                    &format!("{key}.kid"),
+                    "must be 1–64 printable ASCII characters",
+                );
             }
             if let Some(secret) = p.secret(&format!("{key}.secret"), k.secret, k.secret_file) {
                 if secret.expose().len() < 32 {
@@ -435,7 +457,10 @@ impl RawConfig {
             }
         }
         if keys.is_empty() {
-            p.push("review.keys", "at least one signing key for review links is required");
+            p.push(
+                "review.keys",
+                "at least one signing key for review links is required",
+            );
         }
 
         let jobs = JobsConfig {
@@ -444,10 +469,18 @@ impl RawConfig {
                 .duration("jobs.lease", self.jobs.lease.as_deref(), "2m")
                 .unwrap_or(Duration::from_secs(120)),
             poll_interval: p
-                .duration("jobs.poll_interval", self.jobs.poll_interval.as_deref(), "1s")
+                .duration(
+                    "jobs.poll_interval",
+                    self.jobs.poll_interval.as_deref(),
+                    "1s",
+                )
                 .unwrap_or(Duration::from_secs(1)),
             sweep_interval: p
-                .duration("jobs.sweep_interval", self.jobs.sweep_interval.as_deref(), "15s")
+                .duration(
+                    "jobs.sweep_interval",
+                    self.jobs.sweep_interval.as_deref(),
+                    "15s",
+                )
                 .unwrap_or(Duration::from_secs(15)),
         };
 
@@ -455,7 +488,10 @@ impl RawConfig {
         for (i, g) in self.guards.into_iter().enumerate() {
             if let Some(g) = validate_guard(&mut p, i, g) {
                 if guards.iter().any(|o| o.name == g.name) {
-                    p.push(&format!("guards[{i}].name"), format!("`{}` is used twice", g.name));
+                    p.push(
+                        &format!("guards[{i}].name"),
+                        format!("`{}` is used twice", g.name),
+                    );
                 }
                 guards.push(g);
             }
@@ -506,7 +542,10 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        p.push(&key("name"), "must be 1–64 characters of letters, digits, - and _");
+        p.push(
+            &key("name"),
+            "must be 1–64 characters of letters, digits, - and _",
+        );
     }
     let resource_guard_id = p.check(
         &key("resource_guard_id"),
@@ -531,11 +570,17 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
         p.push(&key("approvers"), "at least one approver is required");
     }
     let approvers = p.subjects(&key("approvers"), &g.approvers);
-    let requesters = g.requesters.as_ref().map(|r| p.subjects(&key("requesters"), r));
+    let requesters = g
+        .requesters
+        .as_ref()
+        .map(|r| p.subjects(&key("requesters"), r));
     for (j, w) in g.watchers.iter().enumerate() {
         let w = w.strip_prefix("user:").unwrap_or(w);
         if !is_plausible_email(w) {
-            p.push(&format!("{}[{j}]", key("watchers")), format!("`{w}` is not an email"));
+            p.push(
+                &format!("{}[{j}]", key("watchers")),
+                format!("`{w}` is not an email"),
+            );
         }
     }
     let watchers = g
@@ -558,10 +603,16 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
     }
     for (op, n) in &g.operation_approvals {
         if crate::domain::operations::find(op).is_none() {
-            p.push(&format!("{}.{op}", key("operation_approvals")), "unknown operation");
+            p.push(
+                &format!("{}.{op}", key("operation_approvals")),
+                "unknown operation",
+            );
         }
         if !(1..=10).contains(n) {
-            p.push(&format!("{}.{op}", key("operation_approvals")), "must be between 1 and 10");
+            p.push(
+                &format!("{}.{op}", key("operation_approvals")),
+                "must be between 1 and 10",
+            );
         }
     }
     let max_duration = p
@@ -569,31 +620,48 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
         .map(minutes)
         .unwrap_or(240);
     let default_duration = p
-        .duration(&key("default_duration"), g.default_duration.as_deref(), "1h")
+        .duration(
+            &key("default_duration"),
+            g.default_duration.as_deref(),
+            "1h",
+        )
         .map(minutes)
         .unwrap_or(60)
         .min(max_duration);
     let pending_deadline = p
-        .duration(&key("pending_deadline"), g.pending_deadline.as_deref(), "24h")
+        .duration(
+            &key("pending_deadline"),
+            g.pending_deadline.as_deref(),
+            "24h",
+        )
         .map(minutes)
         .unwrap_or(24 * 60);
     if !(5..=60 * 24 * 7).contains(&max_duration) {
         p.push(&key("max_duration"), "must be between 5 minutes and 7 days");
     }
     if !(5..=60 * 24 * 30).contains(&pending_deadline) {
-        p.push(&key("pending_deadline"), "must be between 5 minutes and 30 days");
+        p.push(
+            &key("pending_deadline"),
+            "must be between 5 minutes and 30 days",
+        );
     }
     let elevation = match g.elevation.as_deref() {
         None => Some(ElevationBackend::AzurePim),
         Some(e) => {
             let b = ElevationBackend::parse(e);
             if b.is_none() {
-                p.push(&key("elevation"), format!("`{e}` is not one of azure-pim, azure-rbac, simulated"));
+                p.push(
+                    &key("elevation"),
+                    format!("`{e}` is not one of azure-pim, azure-rbac, simulated"),
+                );
             }
             b
         }
     };
-    if matches!(elevation, Some(ElevationBackend::AzurePim | ElevationBackend::AzureRbac)) {
+    if matches!(
+        elevation,
+        Some(ElevationBackend::AzurePim | ElevationBackend::AzureRbac)
+    ) {
         p.push(
             &key("elevation"),
             "the Azure elevation backends are not in this build yet; use `simulated`",
@@ -610,7 +678,10 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
         None | Some("required") => ApproverSignIn::Required,
         Some("link-only") => ApproverSignIn::LinkOnly,
         Some(o) => {
-            p.push(&key("approver_sign_in"), format!("`{o}` is not one of required, link-only"));
+            p.push(
+                &key("approver_sign_in"),
+                format!("`{o}` is not one of required, link-only"),
+            );
             ApproverSignIn::Required
         }
     };
@@ -674,7 +745,12 @@ impl Problems {
     }
 
     /// A secret given inline (env or file) or as `<key>_file`; both at once is refused.
-    fn secret(&mut self, key: &str, inline: Option<String>, file: Option<PathBuf>) -> Option<Secret> {
+    fn secret(
+        &mut self,
+        key: &str,
+        inline: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Option<Secret> {
         match (inline, file) {
             (Some(_), Some(_)) => {
                 self.push(key, format!("set either {key} or {key}_file, not both"));
@@ -684,7 +760,10 @@ impl Problems {
             (None, Some(path)) => match std::fs::read_to_string(&path) {
                 Ok(v) => Some(Secret::new(v.trim_end_matches(['\n', '\r']))),
                 Err(e) => {
-                    self.push(&format!("{key}_file"), format!("cannot read {}: {e}", path.display()));
+                    self.push(
+                        &format!("{key}_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     None
                 }
             },
@@ -772,6 +851,9 @@ mod tests {
     fn env_keys_map_to_sections() {
         assert_eq!(env_key("database_url"), "database.url");
         assert_eq!(env_key("server_public_url"), "server.public_url");
-        assert_eq!(env_key("auth_client_secret_file"), "auth.client_secret_file");
+        assert_eq!(
+            env_key("auth_client_secret_file"),
+            "auth.client_secret_file"
+        );
     }
 }

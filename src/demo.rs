@@ -23,7 +23,9 @@ fn vault(rg: &str, kind: &str, name: &str) -> String {
         "rsv" => ("Microsoft.RecoveryServices", "vaults"),
         _ => ("Microsoft.DataProtection", "backupVaults"),
     };
-    format!("/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{rg}/providers/{provider}/{ty}/{name}")
+    format!(
+        "/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{rg}/providers/{provider}/{ty}/{name}"
+    )
 }
 
 /// The demo configuration for a data directory, a bind address and a review-link key.
@@ -34,23 +36,67 @@ pub fn config(data_dir: &Path, bind: &str, review_secret: String) -> RawConfig {
     raw.database.url = Some(format!("sqlite://{}", data_dir.join("twokey.db").display()));
     raw.auth.mode = Some("dev".into());
     raw.auth.dev_users = vec![
-        person("alice@demo.twokey", "Alice (requester)", "a11ce000-0000-4000-8000-000000000001", &["backup-operators"], "Backup operator: asks for critical operations."),
-        person("bob@demo.twokey", "Bob (approver)", "b0b00000-0000-4000-8000-000000000002", &["backup-approvers"], "Backup lead: approves for both guards."),
-        person("carol@demo.twokey", "Carol (security approver)", "ca201000-0000-4000-8000-000000000003", &["security"], "Security: the second approval on demo-dual."),
-        person("erin@demo.twokey", "Erin (auditor)", "e2100000-0000-4000-8000-000000000004", &["auditors"], "Compliance: reads every request and the audit log."),
-        person("sam@demo.twokey", "Sam (watcher)", "5a300000-0000-4000-8000-000000000005", &["secops"], "SecOps: gets a mail about every event."),
+        person(
+            "alice@demo.twokey",
+            "Alice (requester)",
+            "a11ce000-0000-4000-8000-000000000001",
+            &["backup-operators"],
+            "Backup operator: asks for critical operations.",
+        ),
+        person(
+            "bob@demo.twokey",
+            "Bob (approver)",
+            "b0b00000-0000-4000-8000-000000000002",
+            &["backup-approvers"],
+            "Backup lead: approves for both guards.",
+        ),
+        person(
+            "carol@demo.twokey",
+            "Carol (security approver)",
+            "ca201000-0000-4000-8000-000000000003",
+            &["security"],
+            "Security: the second approval on demo-dual.",
+        ),
+        person(
+            "erin@demo.twokey",
+            "Erin (auditor)",
+            "e2100000-0000-4000-8000-000000000004",
+            &["auditors"],
+            "Compliance: reads every request and the audit log.",
+        ),
+        person(
+            "sam@demo.twokey",
+            "Sam (watcher)",
+            "5a300000-0000-4000-8000-000000000005",
+            &["secops"],
+            "SecOps: gets a mail about every event.",
+        ),
     ];
     raw.auth.auditors = vec!["group:auditors".into()];
     raw.mail.from = Some("twokey demo <twokey@demo.twokey>".into());
     raw.mail.outbox_dir = Some(data_dir.join("outbox"));
-    raw.review.keys = vec![RawKey { kid: "demo-1".into(), secret: Some(review_secret), secret_file: None }];
-    let guard_id = |name: &str| format!("/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/rg-security/providers/Microsoft.DataProtection/resourceGuards/{name}");
+    raw.review.keys = vec![RawKey {
+        kid: "demo-1".into(),
+        secret: Some(review_secret),
+        secret_file: None,
+    }];
+    let guard_id = |name: &str| {
+        format!(
+            "/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/rg-security/providers/Microsoft.DataProtection/resourceGuards/{name}"
+        )
+    };
     raw.guards = vec![
         RawGuard {
             name: "demo-single".into(),
             resource_guard_id: guard_id("guard-prod"),
-            vaults: vec![vault("rg-backup-prod", "rsv", "rsv-prod-weu"), vault("rg-backup-prod", "bv", "bv-prod-weu")],
-            approvers: vec!["user:bob@demo.twokey".into(), "user:carol@demo.twokey".into()],
+            vaults: vec![
+                vault("rg-backup-prod", "rsv", "rsv-prod-weu"),
+                vault("rg-backup-prod", "bv", "bv-prod-weu"),
+            ],
+            approvers: vec![
+                "user:bob@demo.twokey".into(),
+                "user:carol@demo.twokey".into(),
+            ],
             watchers: vec!["sam@demo.twokey".into()],
             required_approvals: Some(1),
             max_duration: Some("4h".into()),
@@ -61,7 +107,10 @@ pub fn config(data_dir: &Path, bind: &str, review_secret: String) -> RawConfig {
         RawGuard {
             name: "demo-dual".into(),
             resource_guard_id: guard_id("guard-finance"),
-            vaults: vec![vault("rg-backup-finance", "rsv", "rsv-finance"), vault("rg-backup-finance", "bv", "bv-finance")],
+            vaults: vec![
+                vault("rg-backup-finance", "rsv", "rsv-finance"),
+                vault("rg-backup-finance", "bv", "bv-finance"),
+            ],
             approvers: vec!["group:backup-approvers".into(), "group:security".into()],
             watchers: vec!["sam@demo.twokey".into()],
             required_approvals: Some(2),

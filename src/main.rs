@@ -12,7 +12,11 @@ use twokey::config::{Config, ConfigErrors, RawConfig};
 use twokey::store::Store;
 
 #[derive(Parser)]
-#[command(name = "twokey", version, about = "Two-person approval for Azure Backup critical operations")]
+#[command(
+    name = "twokey",
+    version,
+    about = "Two-person approval for Azure Backup critical operations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,7 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(e) => Ok(print_config_errors(&e)),
         },
-        Command::Audit { command: AuditCommand::Verify(arg) } => {
+        Command::Audit {
+            command: AuditCommand::Verify(arg),
+        } => {
             let config = match load(&arg) {
                 Ok(c) => c,
                 Err(e) => return Ok(print_config_errors(&e)),
@@ -163,6 +169,10 @@ async fn verify(store: &Store) -> anyhow::Result<ExitCode> {
         println!("audit chain BROKEN at seq {}: {e}", e.seq());
         return Ok(ExitCode::FAILURE);
     }
-    println!("audit chain verified: {} events, up to seq {}", v.count, v.last_seq());
+    println!(
+        "audit chain verified: {} events, up to seq {}",
+        v.count,
+        v.last_seq()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -43,13 +43,18 @@ pub mod serde_canonical {
         use serde::{Deserialize, Deserializer, Serializer};
         use time::OffsetDateTime;
 
-        pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<OffsetDateTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&super::super::fmt(*t)),
                 None => s.serialize_none(),
             }
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<OffsetDateTime>, D::Error> {
             Option::<String>::deserialize(d)?
                 .map(|s| super::super::parse(&s).map_err(serde::de::Error::custom))
                 .transpose()
@@ -68,7 +73,10 @@ mod tests {
         let s = fmt(t);
         assert_eq!(s, "2026-12-03T11:05:09.123456Z");
         assert_eq!(parse(&s).unwrap(), trunc(t));
-        assert_eq!(fmt(datetime!(2026-01-01 00:00 UTC)), "2026-01-01T00:00:00.000000Z");
+        assert_eq!(
+            fmt(datetime!(2026-01-01 00:00 UTC)),
+            "2026-01-01T00:00:00.000000Z"
+        );
     }
 
     #[test]

@@ -163,7 +163,9 @@ pub enum ChainError {
     Edited { seq: i64 },
     #[error("seq {seq}: details are not valid JSON")]
     BadDetails { seq: i64 },
-    #[error("seq {seq}: missing at the end (the chain head is at seq {head}, the last row is {last})")]
+    #[error(
+        "seq {seq}: missing at the end (the chain head is at seq {head}, the last row is {last})"
+    )]
     Truncated { seq: i64, head: i64, last: i64 },
 }
 
@@ -215,8 +217,8 @@ impl Verifier {
                 prev: self.last_seq,
             });
         }
-        let details: Value =
-            serde_json::from_str(&row.details).map_err(|_| ChainError::BadDetails { seq: row.seq })?;
+        let details: Value = serde_json::from_str(&row.details)
+            .map_err(|_| ChainError::BadDetails { seq: row.seq })?;
         let actor = Actor {
             id: row.actor_id.clone(),
             email: row.actor_email.clone(),
@@ -290,7 +292,11 @@ mod tests {
         let mut out: Vec<AuditRow> = Vec::new();
         for seq in 1..=n {
             let prev = out.last().map(|r| r.hash.clone()).unwrap_or(GENESIS.into());
-            out.push(row(seq, &prev, &format!(r#"{{"n":{seq},"b":"x","a":[1,2]}}"#)));
+            out.push(row(
+                seq,
+                &prev,
+                &format!(r#"{{"n":{seq},"b":"x","a":[1,2]}}"#),
+            ));
         }
         out
     }
@@ -351,7 +357,11 @@ mod tests {
         }
         assert_eq!(
             v.finish(5, &c[4].hash),
-            Err(ChainError::Truncated { seq: 5, head: 5, last: 4 })
+            Err(ChainError::Truncated {
+                seq: 5,
+                head: 5,
+                last: 4
+            })
         );
     }
 
@@ -359,7 +369,10 @@ mod tests {
     fn reordering_is_caught() {
         let mut c = chain(5);
         c.swap(1, 2);
-        assert!(matches!(verify(&c), Err(ChainError::Missing { seq: 2, .. })));
+        assert!(matches!(
+            verify(&c),
+            Err(ChainError::Missing { seq: 2, .. })
+        ));
     }
 
     #[test]

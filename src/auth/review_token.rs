@@ -92,14 +92,20 @@ impl ReviewTokens {
     }
 
     /// Sign `claims` with the current key; returns the token and the key id used.
-    pub fn sign(&self, claims: &ReviewClaims) -> Result<(String, String), jsonwebtoken::errors::Error> {
+    pub fn sign(
+        &self,
+        claims: &ReviewClaims,
+    ) -> Result<(String, String), jsonwebtoken::errors::Error> {
         let key = self
             .keys
             .first()
-            .ok_or_else(|| jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+            .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.kid.clone());
-        Ok((jsonwebtoken::encode(&header, claims, &key.enc)?, key.kid.clone()))
+        Ok((
+            jsonwebtoken::encode(&header, claims, &key.enc)?,
+            key.kid.clone(),
+        ))
     }
 
     /// Check the signature, algorithm, issuer, audience and expiry (against `now`, in seconds).
@@ -125,7 +131,10 @@ impl ReviewTokens {
         v.set_issuer(&["twokey"]);
         // Expiry is checked below against the app's clock, not the system clock.
         v.validate_exp = false;
-        v.required_spec_claims = ["exp", "aud", "iss", "sub"].iter().map(|s| s.to_string()).collect();
+        v.required_spec_claims = ["exp", "aud", "iss", "sub"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let data = jsonwebtoken::decode::<ReviewClaims>(token, &key.dec, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
@@ -202,13 +211,22 @@ mod tests {
         let mut forged = claims(100);
         forged.rid = "r2".into();
         parts[1] = b64.encode(serde_json::to_vec(&forged).unwrap());
-        assert_eq!(t.verify(&parts.join("."), 1), Err(TokenRejection::BadSignature));
+        assert_eq!(
+            t.verify(&parts.join("."), 1),
+            Err(TokenRejection::BadSignature)
+        );
         let none_header = b64.encode(br#"{"alg":"none","kid":"k1","typ":"JWT"}"#);
         let unsigned = format!("{none_header}.{}.", parts[1]);
         assert!(t.verify(&unsigned, 1).is_err());
         let same_key_other_kid = keys(&[("k9", A)]);
-        assert_eq!(same_key_other_kid.verify(&tok, 1), Err(TokenRejection::UnknownKey));
+        assert_eq!(
+            same_key_other_kid.verify(&tok, 1),
+            Err(TokenRejection::UnknownKey)
+        );
         assert_eq!(t.verify("garbage", 1), Err(TokenRejection::Malformed));
-        assert_eq!(t.verify(&"x".repeat(MAX_TOKEN_LEN + 1), 1), Err(TokenRejection::Malformed));
+        assert_eq!(
+            t.verify(&"x".repeat(MAX_TOKEN_LEN + 1), 1),
+            Err(TokenRejection::Malformed)
+        );
     }
 }

@@ -78,7 +78,9 @@ pub async fn load(
     let Some(row) = store.get_session(&hash).await? else {
         return Ok(None);
     };
-    let expired = timefmt::parse(&row.expires_at).map(|t| t <= now).unwrap_or(true);
+    let expired = timefmt::parse(&row.expires_at)
+        .map(|t| t <= now)
+        .unwrap_or(true);
     let idle_out = timefmt::parse(&row.last_seen_at)
         .map(|t| t + Duration::seconds(idle.as_secs() as i64) <= now)
         .unwrap_or(true);
@@ -100,7 +102,10 @@ pub async fn load(
         None => None,
     };
     // Touch at most once a minute: idle timeouts do not need finer grain.
-    if timefmt::parse(&row.last_seen_at).map(|t| now - t > Duration::minutes(1)).unwrap_or(true) {
+    if timefmt::parse(&row.last_seen_at)
+        .map(|t| now - t > Duration::minutes(1))
+        .unwrap_or(true)
+    {
         store.touch_session(&hash, &timefmt::fmt(now)).await?;
     }
     Ok(Some(Session {

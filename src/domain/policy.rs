@@ -278,7 +278,11 @@ mod tests {
                 .unwrap()
                 .matches(&p)
         );
-        assert!(Subject::parse("group:backup-approvers").unwrap().matches(&p));
+        assert!(
+            Subject::parse("group:backup-approvers")
+                .unwrap()
+                .matches(&p)
+        );
         assert!(!Subject::parse("group:security").unwrap().matches(&p));
         assert!(Subject::parse("oid:not-a-guid").is_err());
         assert!(Subject::parse("role:x").is_err());

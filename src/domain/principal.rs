@@ -113,7 +113,10 @@ mod tests {
     fn normalization_folds_case_and_plus_tags() {
         assert_eq!(normalize_email(" Alice@Demo.Twokey "), "alice@demo.twokey");
         assert_eq!(normalize_email("alice+x@demo.twokey"), "alice@demo.twokey");
-        assert_eq!(normalize_email("alice+x+y@demo.twokey"), "alice@demo.twokey");
+        assert_eq!(
+            normalize_email("alice+x+y@demo.twokey"),
+            "alice@demo.twokey"
+        );
         assert_ne!(normalize_email("alicex@demo.twokey"), "alice@demo.twokey");
     }
 
@@ -129,7 +132,9 @@ mod tests {
     #[test]
     fn plausible_emails() {
         assert!(is_plausible_email("bob@demo.twokey"));
-        for bad in ["", "bob", "bob@", "@x.y", "a b@x.y", "a@b@c.d", "a@nodot", "a@.x", "a@x."] {
+        for bad in [
+            "", "bob", "bob@", "@x.y", "a b@x.y", "a@b@c.d", "a@nodot", "a@.x", "a@x.",
+        ] {
             assert!(!is_plausible_email(bad), "{bad}");
         }
     }

@@ -164,7 +164,10 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("you may not request access under guard `{0}`")]
     NotARequester(String),
     #[error("you are not an approver of guard `{0}`")]
@@ -560,7 +563,9 @@ mod tests {
     }
 
     fn vault() -> String {
-        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v1")
+        format!(
+            "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v1"
+        )
     }
 
     fn input(op: &str) -> NewRequestInput {
@@ -614,7 +619,11 @@ mod tests {
         ];
         for from in RequestState::ALL {
             for to in RequestState::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from}->{to}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from}->{to}"
+                );
             }
             if from.is_terminal() {
                 assert!(RequestState::ALL.iter().all(|t| !from.can_become(*t)));
@@ -678,7 +687,11 @@ mod tests {
         let g = guard(1, false, &["user:alice@x.io", "user:bob@x.io"]);
         let alice = person("a", "alice@x.io", &[]);
         let f = facts(&g, &alice, 1);
-        for (id, email) in [("a", "alice@x.io"), ("a2", "Alice@X.io"), ("a3", "alice+x@x.io")] {
+        for (id, email) in [
+            ("a", "alice@x.io"),
+            ("a2", "Alice@X.io"),
+            ("a3", "alice+x@x.io"),
+        ] {
             let me = person(id, email, &[]);
             assert_eq!(
                 evaluate_decision(&f, &[], &g, &me, Verdict::Approve, now()),

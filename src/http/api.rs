@@ -19,7 +19,8 @@ use crate::service::{Channel, RequestView};
 const MAX_ID: usize = 64;
 
 fn check_id(id: &str) -> ApiResult<()> {
-    if id.is_empty() || id.len() > MAX_ID || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+    if id.is_empty() || id.len() > MAX_ID || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    {
         return Err(ApiError::not_found());
     }
     Ok(())
@@ -113,19 +114,33 @@ pub struct NewRequestBody {
 
 /// `POST /requests` — ask for one operation on one vault. Permission: signed in, and a
 /// requester of the guard that covers the vault.
-pub async fn create_request(State(state): State<AppState>, me: ApiCaller, ApiJson(body): ApiJson<NewRequestBody>) -> ApiResult<impl IntoResponse> {
+pub async fn create_request(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    ApiJson(body): ApiJson<NewRequestBody>,
+) -> ApiResult<impl IntoResponse> {
     let view = state
         .svc
-        .create_request(&me.caller, NewRequestInput {
-            vault_id: body.vault_id,
-            operation: body.operation,
-            justification: body.justification,
-            ticket: body.ticket,
-            duration_minutes: body.duration_minutes,
-            guard: body.guard,
-        })
+        .create_request(
+            &me.caller,
+            NewRequestInput {
+                vault_id: body.vault_id,
+                operation: body.operation,
+                justification: body.justification,
+                ticket: body.ticket,
+                duration_minutes: body.duration_minutes,
+                guard: body.guard,
+            },
+        )
         .await?;
-    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, format!("/api/v1/requests/{}", view.id))], Json(view)))
+    Ok((
+        StatusCode::CREATED,
+        [(
+            axum::http::header::LOCATION,
+            format!("/api/v1/requests/{}", view.id),
+        )],
+        Json(view),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,21 +151,42 @@ pub struct ListQuery {
 
 /// `GET /requests?state=&role=requester|approver|all` — my requests and those I may decide
 /// on (`all`: every request, auditors only).
-pub async fn list_requests(State(state): State<AppState>, me: ApiCaller, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub async fn list_requests(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let st = match q.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(RequestState::parse(s).ok_or_else(|| ApiError::invalid("state", format!("`{}` is not a request state", s.chars().take(40).collect::<String>())))?),
+        Some(s) => Some(RequestState::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                format!(
+                    "`{}` is not a request state",
+                    s.chars().take(40).collect::<String>()
+                ),
+            )
+        })?),
     };
     let role = match q.role.as_deref() {
         None | Some("") => None,
         Some(r @ ("requester" | "approver")) => Some(r),
         Some("all") => {
             if !state.svc.is_auditor(&me.caller.principal) {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "role=all is for auditors"));
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "role=all is for auditors",
+                ));
             }
             Some("all")
         }
-        Some(_) => return Err(ApiError::invalid("role", "must be requester, approver or all")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "role",
+                "must be requester, approver or all",
+            ));
+        }
     };
     let list: Vec<RequestView> = state.svc.list_for(&me.caller.principal, role, st).await?;
     Ok(Json(json!({ "requests": list })))
@@ -158,13 +194,21 @@ pub async fn list_requests(State(state): State<AppState>, me: ApiCaller, Query(q
 
 /// `GET /requests/{id}` — one request with its decisions and timeline. Permission: its
 /// requester, the guard's approvers and watchers, auditors (others get 404).
-pub async fn get_request(State(state): State<AppState>, me: ApiCaller, Path(id): Path<String>) -> ApiResult<Json<RequestView>> {
+pub async fn get_request(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RequestView>> {
     check_id(&id)?;
     Ok(Json(state.svc.get_for(&me.caller.principal, &id).await?))
 }
 
 /// `POST /requests/{id}/cancel` — the requester withdraws a pending request.
-pub async fn cancel_request(State(state): State<AppState>, me: ApiCaller, Path(id): Path<String>) -> ApiResult<Json<RequestView>> {
+pub async fn cancel_request(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RequestView>> {
     check_id(&id)?;
     Ok(Json(state.svc.cancel(&me.caller, &id).await?))
 }
@@ -179,15 +223,36 @@ pub struct DecisionBody {
 
 /// `POST /requests/{id}/decision` — approve or deny. Permission: an approver of the guard,
 /// not the requester, deciding once.
-pub async fn decide_request(State(state): State<AppState>, me: ApiCaller, Path(id): Path<String>, ApiJson(body): ApiJson<DecisionBody>) -> ApiResult<Json<RequestView>> {
+pub async fn decide_request(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DecisionBody>,
+) -> ApiResult<Json<RequestView>> {
     check_id(&id)?;
-    let verdict = Verdict::parse(&body.decision).ok_or_else(|| ApiError::invalid("decision", "must be \"approve\" or \"deny\""))?;
-    Ok(Json(state.svc.decide(&me.caller, &id, verdict, body.comment.as_deref(), Channel::Api).await?))
+    let verdict = Verdict::parse(&body.decision)
+        .ok_or_else(|| ApiError::invalid("decision", "must be \"approve\" or \"deny\""))?;
+    Ok(Json(
+        state
+            .svc
+            .decide(
+                &me.caller,
+                &id,
+                verdict,
+                body.comment.as_deref(),
+                Channel::Api,
+            )
+            .await?,
+    ))
 }
 
 /// `POST /requests/{id}/end` — end an active window early. Permission: the requester, an
 /// approver of the guard, or an admin.
-pub async fn end_request(State(state): State<AppState>, me: ApiCaller, Path(id): Path<String>) -> ApiResult<Json<RequestView>> {
+pub async fn end_request(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RequestView>> {
     check_id(&id)?;
     Ok(Json(state.svc.end_early(&me.caller, &id).await?))
 }

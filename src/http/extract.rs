@@ -45,7 +45,10 @@ pub struct MaybeSession(pub Option<Session>);
 
 impl FromRequestParts<AppState> for MaybeSession {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(s) = parts.extensions.get::<MaybeSession>() {
             return Ok(s.clone());
         }
@@ -54,12 +57,17 @@ impl FromRequestParts<AppState> for MaybeSession {
             return Ok(Self(None));
         };
         let svc = &state.svc;
-        let s = session::load(&svc.store, cookie.value(), svc.now(), svc.config.auth.session_idle)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "loading session");
-                ApiError::internal()
-            })?;
+        let s = session::load(
+            &svc.store,
+            cookie.value(),
+            svc.now(),
+            svc.config.auth.session_idle,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading session");
+            ApiError::internal()
+        })?;
         let s = Self(s);
         parts.extensions.insert(s.clone());
         Ok(s)
@@ -78,8 +86,14 @@ pub struct ApiCaller {
 
 impl FromRequestParts<AppState> for ApiCaller {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
             // The bearer-token seam: OpenID Connect access tokens are verified here once that
             // lands. Until then a bearer token is refused rather than ignored.
             return Err(ApiError::new(
@@ -105,7 +119,9 @@ impl FromRequestParts<AppState> for ApiCaller {
                 return Err(ApiError::csrf());
             }
         }
-        let origin = Origin::from_request_parts(parts, state).await.unwrap_or_default();
+        let origin = Origin::from_request_parts(parts, state)
+            .await
+            .unwrap_or_default();
         Ok(Self {
             caller: Caller {
                 principal,
@@ -135,11 +151,16 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         JsonRejection::JsonDataError(e) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_input",
-            format!("the body does not have the expected fields: {}", e.body_text()),
+            format!(
+                "the body does not have the expected fields: {}",
+                e.body_text()
+            ),
         ),
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body is not valid JSON")
-        }
+        JsonRejection::JsonSyntaxError(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body is not valid JSON",
+        ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

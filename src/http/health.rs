@@ -20,7 +20,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
     let worker = !state.svc.config.jobs.enabled || state.worker_alive.load(Ordering::Relaxed);
     let ok = db && migrations && worker;
     (
-        if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE },
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
         Json(json!({ "ready": ok, "database": db, "migrations": migrations, "worker": worker })),
     )
 }

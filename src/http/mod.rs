@@ -40,7 +40,10 @@ pub fn router(state: AppState) -> Router {
         .route("/session", get(api::get_session))
         .route("/operations", get(api::list_operations))
         .route("/guards", get(api::list_guards))
-        .route("/requests", get(api::list_requests).post(api::create_request))
+        .route(
+            "/requests",
+            get(api::list_requests).post(api::create_request),
+        )
         .route("/requests/{id}", get(api::get_request))
         .route("/requests/{id}/cancel", post(api::cancel_request))
         .route("/requests/{id}/decision", post(api::decide_request))
@@ -59,22 +62,20 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(reject_cross_site_writes));
     with_security_headers(app, https)
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let rid = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                let route = req
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_default();
-                // Never the full URI: review links carry a token in the path.
-                tracing::info_span!("http", method = %req.method(), route = %route, request_id = %rid)
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let rid = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            // Never the full URI: review links carry a token in the path.
+            tracing::info_span!("http", method = %req.method(), route = %route, request_id = %rid)
+        }))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
 }
@@ -89,7 +90,11 @@ async fn openapi() -> impl IntoResponse {
 /// SECURITY: fixed headers on every response — no framing, no sniffing, no referrer (review
 /// links carry tokens), no caching of pages that show requests, a CSP without inline script.
 fn with_security_headers<S: Clone + Send + Sync + 'static>(r: Router<S>, https: bool) -> Router<S> {
-    let hsts = if https { "max-age=31536000; includeSubDomains" } else { "max-age=0" };
+    let hsts = if https {
+        "max-age=31536000; includeSubDomains"
+    } else {
+        "max-age=0"
+    };
     r.layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))

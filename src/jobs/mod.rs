@@ -51,7 +51,14 @@ impl Worker {
                 tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job failed; will retry");
                 self.svc
                     .store
-                    .retry_job(&job, &self.owner, &timefmt::fmt(run_at), &e, false, &timefmt::fmt(self.svc.now()))
+                    .retry_job(
+                        &job,
+                        &self.owner,
+                        &timefmt::fmt(run_at),
+                        &e,
+                        false,
+                        &timefmt::fmt(self.svc.now()),
+                    )
                     .await?;
             }
             Err(JobFailure::Retry(e)) | Err(JobFailure::Permanent(e)) => {
@@ -105,7 +112,11 @@ impl Worker {
                 Ok(Some(due)) => timefmt::parse(&due)
                     .ok()
                     .map(|d| d - self.svc.now())
-                    .map(|d| StdDuration::from_millis(d.whole_milliseconds().clamp(0, poll.as_millis() as i128) as u64))
+                    .map(|d| {
+                        StdDuration::from_millis(
+                            d.whole_milliseconds().clamp(0, poll.as_millis() as i128) as u64,
+                        )
+                    })
                     .unwrap_or(poll),
                 _ => poll,
             };

@@ -145,7 +145,14 @@ impl Service {
             .collect()
     }
 
-    fn job(&self, kind: JobKind, request_id: &str, payload: serde_json::Value, dedupe: Option<String>, run_at: OffsetDateTime) -> NewJob {
+    fn job(
+        &self,
+        kind: JobKind,
+        request_id: &str,
+        payload: serde_json::Value,
+        dedupe: Option<String>,
+        run_at: OffsetDateTime,
+    ) -> NewJob {
         NewJob {
             job_id: new_id(),
             kind: kind.as_str().to_string(),
@@ -158,7 +165,15 @@ impl Service {
         }
     }
 
-    async fn queue_mail(&self, tx: &mut Tx, kind: MailKind, req: &RequestRow, to: &str, extra: serde_json::Value, dedupe: String) -> ServiceResult<()> {
+    async fn queue_mail(
+        &self,
+        tx: &mut Tx,
+        kind: MailKind,
+        req: &RequestRow,
+        to: &str,
+        extra: serde_json::Value,
+        dedupe: String,
+    ) -> ServiceResult<()> {
         let payload = serde_json::to_value(MailPayload {
             kind,
             request_id: req.request_id.clone(),
@@ -166,14 +181,27 @@ impl Service {
             extra,
         })
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        tx.insert_job(&self.job(JobKind::Mail, &req.request_id, payload, Some(dedupe), self.now()))
-            .await?;
+        tx.insert_job(&self.job(
+            JobKind::Mail,
+            &req.request_id,
+            payload,
+            Some(dedupe),
+            self.now(),
+        ))
+        .await?;
         Ok(())
     }
 
     /// Mail the watchers of the request's guard about `event`.
-    async fn queue_watchers(&self, tx: &mut Tx, req: &RequestRow, event: &str) -> ServiceResult<()> {
-        let Some(guard) = self.guard(&req.guard) else { return Ok(()) };
+    async fn queue_watchers(
+        &self,
+        tx: &mut Tx,
+        req: &RequestRow,
+        event: &str,
+    ) -> ServiceResult<()> {
+        let Some(guard) = self.guard(&req.guard) else {
+            return Ok(());
+        };
         for w in &guard.watchers {
             self.queue_mail(
                 tx,
@@ -181,14 +209,24 @@ impl Service {
                 req,
                 w,
                 json!({ "event": event }),
-                format!("mail:{}:watcher:{}:{}", req.request_id, event, w.to_lowercase()),
+                format!(
+                    "mail:{}:watcher:{}:{}",
+                    req.request_id,
+                    event,
+                    w.to_lowercase()
+                ),
             )
             .await?;
         }
         Ok(())
     }
 
-    async fn queue_requester(&self, tx: &mut Tx, req: &RequestRow, event: &str) -> ServiceResult<()> {
+    async fn queue_requester(
+        &self,
+        tx: &mut Tx,
+        req: &RequestRow,
+        event: &str,
+    ) -> ServiceResult<()> {
         self.queue_mail(
             tx,
             MailKind::Requester,
@@ -203,6 +241,7 @@ impl Service {
     /// The people who get a review link for a request: the guard's `user:` approvers and, in
     /// dev sign-in, the dev people whose groups make them approvers; never the requester.
     pub fn review_recipients(&self, guard: &GuardPolicy, requester: &Principal) -> Vec<String> {
+        let requester = requester.to_ref();
         let mut out: Vec<String> = guard.approver_user_emails();
         for u in &self.config.auth.dev_users {
             let p = Principal {
@@ -212,14 +251,15 @@ impl Service {
                 azure_object_id: u.object_id.clone(),
                 groups: u.groups.clone(),
             };
-            if !guard.approver_entries_for(&p).is_empty() {
+            // SECURITY: the requester is never sent their own review link, under any of
+            // their identifiers (email spelling or Azure object id).
+            if !guard.approver_entries_for(&p).is_empty() && !p.is_same_person(&requester) {
                 out.push(p.email_normalized());
             }
         }
         out.sort();
         out.dedup();
-        // SECURITY: the requester is never sent their own review link.
-        out.retain(|e| *e != requester.email_normalized());
+        out.retain(|e| *e != crate::domain::principal::normalize_email(&requester.email));
         out
     }
 
@@ -230,7 +270,11 @@ impl Service {
     // ---- use cases ---------------------------------------------------------------------
 
     /// Ask for one critical operation on one vault.
-    pub async fn create_request(&self, caller: &Caller, input: NewRequestInput) -> ServiceResult<RequestView> {
+    pub async fn create_request(
+        &self,
+        caller: &Caller,
+        input: NewRequestInput,
+    ) -> ServiceResult<RequestView> {
         let now = self.now();
         let (valid, guard) =
             request::validate_new_request(&input, &self.config.guards, &caller.principal, now)?;
@@ -305,17 +349,47 @@ impl Service {
     }
 
     /// Record an approver's decision; the last needed approval approves, any deny vetoes.
-    pub async fn decide(&self, caller: &Caller, id: &str, verdict: Verdict, comment: Option<&str>, channel: Channel) -> ServiceResult<RequestView> {
-        self.decide_inner(caller, id, verdict, comment, channel, None).await
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verdict: Verdict,
+        comment: Option<&str>,
+        channel: Channel,
+    ) -> ServiceResult<RequestView> {
+        self.decide_inner(caller, id, verdict, comment, channel, None)
+            .await
     }
 
     /// Decide through a review link: the link's `jti` is used up in the same transaction as
     /// the decision, so a link decides at most once even under concurrent clicks.
-    pub async fn decide_with_link(&self, caller: &Caller, claims: &crate::auth::review_token::ReviewClaims, verdict: Verdict, comment: Option<&str>) -> ServiceResult<RequestView> {
-        self.decide_inner(caller, &claims.rid, verdict, comment, Channel::ReviewLink, Some(&claims.jti)).await
+    pub async fn decide_with_link(
+        &self,
+        caller: &Caller,
+        claims: &crate::auth::review_token::ReviewClaims,
+        verdict: Verdict,
+        comment: Option<&str>,
+    ) -> ServiceResult<RequestView> {
+        self.decide_inner(
+            caller,
+            &claims.rid,
+            verdict,
+            comment,
+            Channel::ReviewLink,
+            Some(&claims.jti),
+        )
+        .await
     }
 
-    async fn decide_inner(&self, caller: &Caller, id: &str, verdict: Verdict, comment: Option<&str>, channel: Channel, jti: Option<&str>) -> ServiceResult<RequestView> {
+    async fn decide_inner(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verdict: Verdict,
+        comment: Option<&str>,
+        channel: Channel,
+        jti: Option<&str>,
+    ) -> ServiceResult<RequestView> {
         let comment = request::clean_comment(comment)?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
@@ -328,12 +402,16 @@ impl Service {
         let state = parse_state(&req.state)?;
         let Some(guard) = self.guard(&req.guard) else {
             // SECURITY: a guard removed from the config approves nothing.
-            self.void_in(&mut tx, &req, EndReason::PolicyChanged, now).await?;
+            self.void_in(&mut tx, &req, EndReason::PolicyChanged, now)
+                .await?;
             tx.commit().await?;
             return Err(DomainError::PolicyChanged.into());
         };
         let prior_rows = tx.decisions_for(id).await?;
-        let prior: Vec<PriorDecision> = prior_rows.iter().map(prior_decision).collect::<Result<_, _>>()?;
+        let prior: Vec<PriorDecision> = prior_rows
+            .iter()
+            .map(prior_decision)
+            .collect::<Result<_, _>>()?;
         let facts = RequestFacts {
             state,
             requester: crate::domain::principal::PrincipalRef {
@@ -346,11 +424,22 @@ impl Service {
             deadline: parse_time(&req.deadline)?,
             required_approvals: u32::try_from(req.required_approvals).unwrap_or(u32::MAX),
         };
-        let outcome = match request::evaluate_decision(&facts, &prior, guard, &caller.principal, verdict, now) {
+        let outcome = match request::evaluate_decision(
+            &facts,
+            &prior,
+            guard,
+            &caller.principal,
+            verdict,
+            now,
+        ) {
             Ok(o) => o,
             Err(e @ (DomainError::PolicyChanged | DomainError::DeadlinePassed)) => {
                 // Fail closed, and make the state say so at once rather than at the next sweep.
-                let reason = if e == DomainError::PolicyChanged { EndReason::PolicyChanged } else { EndReason::Deadline };
+                let reason = if e == DomainError::PolicyChanged {
+                    EndReason::PolicyChanged
+                } else {
+                    EndReason::Deadline
+                };
                 self.void_in(&mut tx, &req, reason, now).await?;
                 tx.commit().await?;
                 self.wake_worker();
@@ -400,7 +489,15 @@ impl Service {
         match outcome.new_state {
             Some(RequestState::Approved) => {
                 let moved = tx
-                    .transition(id, "pending", "approved", &TransitionSet { decided_at: Some(timefmt::fmt(now)), ..Default::default() })
+                    .transition(
+                        id,
+                        "pending",
+                        "approved",
+                        &TransitionSet {
+                            decided_at: Some(timefmt::fmt(now)),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
                 if !moved {
                     return Err(DomainError::StateConflict(state).into());
@@ -421,28 +518,43 @@ impl Service {
                     }),
                 )
                 .await?;
-                tx.insert_job(&self.job(JobKind::Grant, id, json!({}), Some(format!("grant:{id}")), now)).await?;
+                tx.insert_job(&self.job(
+                    JobKind::Grant,
+                    id,
+                    json!({}),
+                    Some(format!("grant:{id}")),
+                    now,
+                ))
+                .await?;
                 self.queue_requester(&mut tx, &req, "approved").await?;
                 self.queue_watchers(&mut tx, &req, "approved").await?;
-                self.queue_already_decided(&mut tx, &req, &prior_rows, p).await?;
+                self.queue_already_decided(&mut tx, &req, &prior_rows, p)
+                    .await?;
             }
             Some(RequestState::Denied) => {
                 let moved = tx
-                    .transition(id, "pending", "denied", &TransitionSet {
-                        decided_at: Some(timefmt::fmt(now)),
-                        end_reason: Some(EndReason::Denied.as_str().into()),
-                        ..Default::default()
-                    })
+                    .transition(
+                        id,
+                        "pending",
+                        "denied",
+                        &TransitionSet {
+                            decided_at: Some(timefmt::fmt(now)),
+                            end_reason: Some(EndReason::Denied.as_str().into()),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
                 if !moved {
                     return Err(DomainError::StateConflict(state).into());
                 }
                 self.queue_requester(&mut tx, &req, "denied").await?;
                 self.queue_watchers(&mut tx, &req, "denied").await?;
-                self.queue_already_decided(&mut tx, &req, &prior_rows, p).await?;
+                self.queue_already_decided(&mut tx, &req, &prior_rows, p)
+                    .await?;
             }
             _ => {
-                self.queue_watchers(&mut tx, &req, &format!("approval:{}", p.id)).await?;
+                self.queue_watchers(&mut tx, &req, &format!("approval:{}", p.id))
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -451,8 +563,16 @@ impl Service {
     }
 
     /// Tell approvers who have not decided that the request is settled.
-    async fn queue_already_decided(&self, tx: &mut Tx, req: &RequestRow, prior: &[DecisionRow], decider: &Principal) -> ServiceResult<()> {
-        let Some(guard) = self.guard(&req.guard) else { return Ok(()) };
+    async fn queue_already_decided(
+        &self,
+        tx: &mut Tx,
+        req: &RequestRow,
+        prior: &[DecisionRow],
+        decider: &Principal,
+    ) -> ServiceResult<()> {
+        let Some(guard) = self.guard(&req.guard) else {
+            return Ok(());
+        };
         let requester = Principal {
             id: req.requester_id.clone(),
             email: req.requester_email.clone(),
@@ -462,30 +582,58 @@ impl Service {
         };
         for a in self.review_recipients(guard, &requester) {
             let decided = a == decider.email_normalized()
-                || prior.iter().any(|d| crate::domain::principal::normalize_email(&d.approver_email) == a);
+                || prior
+                    .iter()
+                    .any(|d| crate::domain::principal::normalize_email(&d.approver_email) == a);
             if !decided {
-                self.queue_mail(tx, MailKind::AlreadyDecided, req, &a, json!({ "by": decider.email }), format!("mail:{}:decided:{}", req.request_id, a)).await?;
+                self.queue_mail(
+                    tx,
+                    MailKind::AlreadyDecided,
+                    req,
+                    &a,
+                    json!({ "by": decider.email }),
+                    format!("mail:{}:decided:{}", req.request_id, a),
+                )
+                .await?;
             }
         }
         Ok(())
     }
 
     /// Move a pending request to `expired` inside `tx` (deadline passed or policy changed).
-    async fn void_in(&self, tx: &mut Tx, req: &RequestRow, reason: EndReason, now: OffsetDateTime) -> ServiceResult<bool> {
+    async fn void_in(
+        &self,
+        tx: &mut Tx,
+        req: &RequestRow,
+        reason: EndReason,
+        now: OffsetDateTime,
+    ) -> ServiceResult<bool> {
         let moved = tx
-            .transition(&req.request_id, "pending", "expired", &TransitionSet {
-                ended_at: Some(timefmt::fmt(now)),
-                end_reason: Some(reason.as_str().into()),
-                ..Default::default()
-            })
+            .transition(
+                &req.request_id,
+                "pending",
+                "expired",
+                &TransitionSet {
+                    ended_at: Some(timefmt::fmt(now)),
+                    end_reason: Some(reason.as_str().into()),
+                    ..Default::default()
+                },
+            )
             .await?;
         if moved {
-            audit::record(tx, now, Action::RequestExpired, &Actor::system(), Some(&req.request_id), json!({
-                "reason": reason.as_str(),
-                "deadline": req.deadline,
-                "policy_hash": req.policy_hash,
-                "current_policy_hash": self.guard(&req.guard).map(GuardPolicy::hash),
-            }))
+            audit::record(
+                tx,
+                now,
+                Action::RequestExpired,
+                &Actor::system(),
+                Some(&req.request_id),
+                json!({
+                    "reason": reason.as_str(),
+                    "deadline": req.deadline,
+                    "policy_hash": req.policy_hash,
+                    "current_policy_hash": self.guard(&req.guard).map(GuardPolicy::hash),
+                }),
+            )
             .await?;
             self.queue_requester(tx, req, "expired").await?;
             self.queue_watchers(tx, req, "expired").await?;
@@ -509,16 +657,29 @@ impl Service {
             return Err(DomainError::StateConflict(state).into());
         }
         let moved = tx
-            .transition(id, "pending", "cancelled", &TransitionSet {
-                ended_at: Some(timefmt::fmt(now)),
-                end_reason: Some(EndReason::Cancelled.as_str().into()),
-                ..Default::default()
-            })
+            .transition(
+                id,
+                "pending",
+                "cancelled",
+                &TransitionSet {
+                    ended_at: Some(timefmt::fmt(now)),
+                    end_reason: Some(EndReason::Cancelled.as_str().into()),
+                    ..Default::default()
+                },
+            )
             .await?;
         if !moved {
             return Err(DomainError::StateConflict(state).into());
         }
-        audit::record(&mut tx, now, Action::RequestCancelled, &caller.actor(), Some(id), json!({})).await?;
+        audit::record(
+            &mut tx,
+            now,
+            Action::RequestCancelled,
+            &caller.actor(),
+            Some(id),
+            json!({}),
+        )
+        .await?;
         self.queue_watchers(&mut tx, &req, "cancelled").await?;
         tx.commit().await?;
         self.wake_worker();
@@ -541,21 +702,36 @@ impl Service {
             azure_object_id: req.requester_object_id.clone(),
         };
         let allowed = match self.guard(&req.guard) {
-            Some(g) => request::may_end_early(&requester, g, &caller.principal, self.is_admin(&caller.principal)),
+            Some(g) => request::may_end_early(
+                &requester,
+                g,
+                &caller.principal,
+                self.is_admin(&caller.principal),
+            ),
             // Ending access is always safe; with the guard gone, the requester and admins may.
             None => caller.principal.is_same_person(&requester) || self.is_admin(&caller.principal),
         };
         if !allowed {
-            return Err(DomainError::Forbidden("only the requester, an approver of the guard or an admin may end this window".into()).into());
+            return Err(DomainError::Forbidden(
+                "only the requester, an approver of the guard or an admin may end this window"
+                    .into(),
+            )
+            .into());
         }
         if state != RequestState::Active || req.end_requested_at.is_some() {
             return Err(DomainError::StateConflict(state).into());
         }
-        let by = json!({ "id": caller.principal.id, "email": caller.principal.email, "ip": caller.ip }).to_string();
-        if !tx.request_end(id, &timefmt::fmt(now), &by, EndReason::EndedEarly.as_str()).await? {
+        let by =
+            json!({ "id": caller.principal.id, "email": caller.principal.email, "ip": caller.ip })
+                .to_string();
+        if !tx
+            .request_end(id, &timefmt::fmt(now), &by, EndReason::EndedEarly.as_str())
+            .await?
+        {
             return Err(DomainError::StateConflict(state).into());
         }
-        tx.reschedule_job(&format!("revoke:{id}"), &timefmt::fmt(now)).await?;
+        tx.reschedule_job(&format!("revoke:{id}"), &timefmt::fmt(now))
+            .await?;
         tx.commit().await?;
         self.wake_worker();
         self.view(id).await
@@ -569,7 +745,9 @@ impl Service {
         for id in ids {
             let mut tx = self.store.begin().await?;
             if let Some(req) = tx.get_request(&id).await?
-                && self.void_in(&mut tx, &req, EndReason::Deadline, now).await?
+                && self
+                    .void_in(&mut tx, &req, EndReason::Deadline, now)
+                    .await?
             {
                 n += 1;
             }
@@ -585,18 +763,27 @@ impl Service {
     /// under a guard that no longer exists). Run at start-up, before serving.
     pub async fn load_policies(&self) -> ServiceResult<usize> {
         let now = self.now();
-        let known: std::collections::HashMap<String, String> = self.store.guard_policies().await?.into_iter().collect();
+        let known: std::collections::HashMap<String, String> =
+            self.store.guard_policies().await?.into_iter().collect();
         for g in &self.config.guards {
             let hash = g.hash();
             if known.get(&g.name) != Some(&hash) {
                 let mut tx = self.store.begin().await?;
-                tx.upsert_guard_policy(&g.name, &hash, &timefmt::fmt(now)).await?;
-                audit::record(&mut tx, now, Action::PolicyLoaded, &Actor::system(), None, json!({
-                    "guard": g.name,
-                    "policy_hash": hash,
-                    "previous_policy_hash": known.get(&g.name),
-                    "policy": g,
-                }))
+                tx.upsert_guard_policy(&g.name, &hash, &timefmt::fmt(now))
+                    .await?;
+                audit::record(
+                    &mut tx,
+                    now,
+                    Action::PolicyLoaded,
+                    &Actor::system(),
+                    None,
+                    json!({
+                        "guard": g.name,
+                        "policy_hash": hash,
+                        "previous_policy_hash": known.get(&g.name),
+                        "policy": g,
+                    }),
+                )
                 .await?;
                 tx.commit().await?;
             }
@@ -607,7 +794,9 @@ impl Service {
             let mut tx = self.store.begin().await?;
             if let Some(req) = tx.get_request(&id).await?
                 && current.as_deref() != Some(req.policy_hash.as_str())
-                && self.void_in(&mut tx, &req, EndReason::PolicyChanged, now).await?
+                && self
+                    .void_in(&mut tx, &req, EndReason::PolicyChanged, now)
+                    .await?
             {
                 voided += 1;
             }
@@ -626,7 +815,9 @@ impl Service {
         match self.guard(&req.guard) {
             Some(g) => {
                 !g.approver_entries_for(p).is_empty()
-                    || g.watchers.iter().any(|w| crate::domain::principal::normalize_email(w) == p.email_normalized())
+                    || g.watchers.iter().any(|w| {
+                        crate::domain::principal::normalize_email(w) == p.email_normalized()
+                    })
             }
             None => false,
         }
@@ -634,7 +825,11 @@ impl Service {
 
     /// One request as the API shows it (no permission check: see [`Service::get_for`]).
     pub async fn view(&self, id: &str) -> ServiceResult<RequestView> {
-        let req = self.store.get_request(id).await?.ok_or(ServiceError::NotFound)?;
+        let req = self
+            .store
+            .get_request(id)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
         let decisions = self.store.decisions_for(id).await?;
         let events = self.store.audit_for_request(id).await?;
         view::build(self, req, decisions, events)
@@ -642,7 +837,11 @@ impl Service {
 
     /// One request, if `p` may see it (else `NotFound`, so ids do not leak).
     pub async fn get_for(&self, p: &Principal, id: &str) -> ServiceResult<RequestView> {
-        let req = self.store.get_request(id).await?.ok_or(ServiceError::NotFound)?;
+        let req = self
+            .store
+            .get_request(id)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
         if !self.may_see(p, &req) {
             return Err(ServiceError::NotFound);
         }
@@ -650,21 +849,59 @@ impl Service {
     }
 
     /// Requests `p` made (`role = requester`), may decide on (`approver`), or both.
-    pub async fn list_for(&self, p: &Principal, role: Option<&str>, state: Option<RequestState>) -> ServiceResult<Vec<RequestView>> {
+    pub async fn list_for(
+        &self,
+        p: &Principal,
+        role: Option<&str>,
+        state: Option<RequestState>,
+    ) -> ServiceResult<Vec<RequestView>> {
         let state = state.map(|s| s.as_str().to_string());
         let mut rows = Vec::new();
         if matches!(role, None | Some("requester")) {
-            rows.extend(self.store.list_requests(&RequestFilter { state: state.clone(), requester_id: Some(p.id.clone()), guards: None, limit: 200 }).await?);
+            rows.extend(
+                self.store
+                    .list_requests(&RequestFilter {
+                        state: state.clone(),
+                        requester_id: Some(p.id.clone()),
+                        guards: None,
+                        limit: 200,
+                    })
+                    .await?,
+            );
         }
         if matches!(role, None | Some("approver")) {
-            let guards: Vec<String> = self.guards_approved_by(p).iter().map(|g| g.name.clone()).collect();
-            let theirs = self.store.list_requests(&RequestFilter { state: state.clone(), requester_id: None, guards: Some(guards), limit: 200 }).await?;
+            let guards: Vec<String> = self
+                .guards_approved_by(p)
+                .iter()
+                .map(|g| g.name.clone())
+                .collect();
+            let theirs = self
+                .store
+                .list_requests(&RequestFilter {
+                    state: state.clone(),
+                    requester_id: None,
+                    guards: Some(guards),
+                    limit: 200,
+                })
+                .await?;
             rows.extend(theirs.into_iter().filter(|r| r.requester_id != p.id));
         }
         if role == Some("all") && self.is_auditor(p) {
-            rows = self.store.list_requests(&RequestFilter { state, requester_id: None, guards: None, limit: 500 }).await?;
+            rows = self
+                .store
+                .list_requests(&RequestFilter {
+                    state,
+                    requester_id: None,
+                    guards: None,
+                    limit: 500,
+                })
+                .await?;
         }
-        rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.request_id.cmp(&a.request_id)));
+        rows.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(b.request_id.cmp(&a.request_id))
+        });
         rows.dedup_by(|a, b| a.request_id == b.request_id);
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -691,8 +928,10 @@ fn prior_decision(d: &DecisionRow) -> ServiceResult<PriorDecision> {
             name: d.approver_name.clone(),
             azure_object_id: d.approver_object_id.clone(),
         },
-        verdict: Verdict::parse(&d.verdict).ok_or_else(|| StoreError::Corrupt(format!("verdict `{}`", d.verdict)))?,
-        matched: serde_json::from_str(&d.matched).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        verdict: Verdict::parse(&d.verdict)
+            .ok_or_else(|| StoreError::Corrupt(format!("verdict `{}`", d.verdict)))?,
+        matched: serde_json::from_str(&d.matched)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
     })
 }
 

@@ -64,7 +64,11 @@ impl Store {
         };
         let mut url = url.to_string();
         if backend == Backend::Sqlite && !url.contains("mode=") && !url.contains(":memory:") {
-            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
         }
         let opts = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
@@ -109,13 +113,12 @@ impl Store {
             Backend::Postgres => &MIGRATOR_POSTGRES,
         };
         let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> = sqlx::query_scalar(
-            "select max(version) from _sqlx_migrations where success = true",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .ok()
-        .flatten();
+        let applied: Option<i64> =
+            sqlx::query_scalar("select max(version) from _sqlx_migrations where success = true")
+                .fetch_optional(&self.pool)
+                .await
+                .ok()
+                .flatten();
         Ok(applied == Some(latest))
     }
 
@@ -193,7 +196,10 @@ impl Store {
             let ph: Vec<String> = guards.iter().map(|_| next()).collect();
             sql.push_str(&format!(" and guard in ({})", ph.join(", ")));
         }
-        sql.push_str(&format!(" order by created_at desc, request_id desc limit {}", f.limit.clamp(1, 500)));
+        sql.push_str(&format!(
+            " order by created_at desc, request_id desc limit {}",
+            f.limit.clamp(1, 500)
+        ));
         let mut q = sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql));
         if let Some(s) = &f.state {
             q = q.bind(s.clone());
@@ -218,7 +224,11 @@ impl Store {
         .await?)
     }
 
-    pub async fn pending_with_other_policy(&self, guard: &str, hash: &str) -> StoreResult<Vec<String>> {
+    pub async fn pending_with_other_policy(
+        &self,
+        guard: &str,
+        hash: &str,
+    ) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
             "select request_id from request where state = 'pending' and guard = $1 and policy_hash <> $2",
         )
@@ -230,17 +240,19 @@ impl Store {
 
     /// Pending requests whose guard no longer exists in the configuration.
     pub async fn pending_guards(&self) -> StoreResult<Vec<(String, String)>> {
-        Ok(sqlx::query_as(
-            "select request_id, guard from request where state = 'pending'",
+        Ok(
+            sqlx::query_as("select request_id, guard from request where state = 'pending'")
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     pub async fn guard_policies(&self) -> StoreResult<Vec<(String, String)>> {
-        Ok(sqlx::query_as("select guard, policy_hash from guard_policy")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("select guard, policy_hash from guard_policy")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn upsert_principal(&self, p: &PrincipalRow) -> StoreResult<String> {
@@ -335,7 +347,12 @@ impl Store {
     ///
     /// A job whose lease ran out (its worker died) is due again; the conditional update makes
     /// two claimers race safely: exactly one gets the row.
-    pub async fn claim_job(&self, owner: &str, now: &str, lease_until: &str) -> StoreResult<Option<JobRow>> {
+    pub async fn claim_job(
+        &self,
+        owner: &str,
+        now: &str,
+        lease_until: &str,
+    ) -> StoreResult<Option<JobRow>> {
         let lock = match self.backend {
             Backend::Postgres => " for update skip locked",
             Backend::Sqlite => "",
@@ -367,7 +384,15 @@ impl Store {
     }
 
     /// Give a claimed job back for a later attempt (or mark it failed for good).
-    pub async fn retry_job(&self, j: &JobRow, owner: &str, run_at: &str, error: &str, failed_for_good: bool, now: &str) -> StoreResult<bool> {
+    pub async fn retry_job(
+        &self,
+        j: &JobRow,
+        owner: &str,
+        run_at: &str,
+        error: &str,
+        failed_for_good: bool,
+        now: &str,
+    ) -> StoreResult<bool> {
         let state = if failed_for_good { "failed" } else { "queued" };
         let r = sqlx::query(
             "update job set state = $1, run_at = $2, last_error = $3, lease_owner = null, lease_until = null, \
@@ -395,9 +420,11 @@ impl Store {
     }
 
     pub async fn job_counts(&self) -> StoreResult<Vec<(String, String, i64)>> {
-        Ok(sqlx::query_as("select kind, state, count(*) from job group by kind, state")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("select kind, state, count(*) from job group by kind, state")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     // ---- review tokens, notifications, grants ---------------------------------------------
@@ -464,9 +491,11 @@ impl Store {
     }
 
     pub async fn audit_head(&self) -> StoreResult<(i64, String)> {
-        Ok(sqlx::query_as("select seq, hash from audit_head where id = 1")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("select seq, hash from audit_head where id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn count_audit(&self, action: &str, request_id: Option<&str>) -> StoreResult<i64> {
@@ -485,7 +514,10 @@ impl Store {
     /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
     #[doc(hidden)]
     pub async fn execute_raw_for_tests(&self, sql: &str) -> StoreResult<u64> {
-        Ok(sqlx::query(AssertSqlSafe(sql.to_string())).execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query(AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
 
@@ -567,7 +599,13 @@ impl Tx {
 
     /// Move a request from `from` to `to`, only if it is still in `from`. Returns whether it
     /// moved: `false` means someone else got there first, and the caller must roll back.
-    pub async fn transition(&mut self, id: &str, from: &str, to: &str, set: &TransitionSet) -> StoreResult<bool> {
+    pub async fn transition(
+        &mut self,
+        id: &str,
+        from: &str,
+        to: &str,
+        set: &TransitionSet,
+    ) -> StoreResult<bool> {
         let r = sqlx::query(
             "update request set state = $1, \
                decided_at = coalesce($2, decided_at), \
@@ -593,7 +631,13 @@ impl Tx {
     }
 
     /// Mark an active window for early end (once).
-    pub async fn request_end(&mut self, id: &str, now: &str, by: &str, reason: &str) -> StoreResult<bool> {
+    pub async fn request_end(
+        &mut self,
+        id: &str,
+        now: &str,
+        by: &str,
+        reason: &str,
+    ) -> StoreResult<bool> {
         let r = sqlx::query(
             "update request set end_requested_at = $1, end_requested_by = $2, end_reason = $3 \
              where request_id = $4 and state = 'active' and end_requested_at is null",
@@ -656,7 +700,13 @@ impl Tx {
     }
 
     /// Mark a claimed job failed for good (only while the lease holds).
-    pub async fn fail_job(&mut self, j: &JobRow, owner: &str, now: &str, error: &str) -> StoreResult<bool> {
+    pub async fn fail_job(
+        &mut self,
+        j: &JobRow,
+        owner: &str,
+        now: &str,
+        error: &str,
+    ) -> StoreResult<bool> {
         let r = sqlx::query(
             "update job set state = 'failed', finished_at = $1, last_error = $2, lease_owner = null, \
              lease_until = null where job_id = $3 and lease_owner = $4 and attempts = $5 and state = 'queued'",
@@ -689,11 +739,12 @@ impl Tx {
 
     /// Use a review token once. `false`: it was already used (a replay).
     pub async fn consume_review_token(&mut self, jti: &str, now: &str) -> StoreResult<bool> {
-        let r = sqlx::query("update review_token set used_at = $1 where jti = $2 and used_at is null")
-            .bind(now)
-            .bind(jti)
-            .execute(&mut *self.inner)
-            .await?;
+        let r =
+            sqlx::query("update review_token set used_at = $1 where jti = $2 and used_at is null")
+                .bind(now)
+                .bind(jti)
+                .execute(&mut *self.inner)
+                .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -738,7 +789,13 @@ impl Tx {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn update_grant(&mut self, request_id: &str, from: &str, to: &str, set: &GrantSet) -> StoreResult<bool> {
+    pub async fn update_grant(
+        &mut self,
+        request_id: &str,
+        from: &str,
+        to: &str,
+        set: &GrantSet,
+    ) -> StoreResult<bool> {
         let r = sqlx::query(
             "update grant_record set state = $1, active_from = coalesce($2, active_from), \
              active_until = coalesce($3, active_until), ended_at = coalesce($4, ended_at), \
@@ -772,7 +829,12 @@ impl Tx {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn upsert_guard_policy(&mut self, guard: &str, hash: &str, now: &str) -> StoreResult<()> {
+    pub async fn upsert_guard_policy(
+        &mut self,
+        guard: &str,
+        hash: &str,
+        now: &str,
+    ) -> StoreResult<()> {
         sqlx::query(
             "insert into guard_policy (guard, policy_hash, loaded_at) values ($1, $2, $3) \
              on conflict (guard) do update set policy_hash = excluded.policy_hash, loaded_at = excluded.loaded_at",
@@ -789,9 +851,11 @@ impl Tx {
 
     /// The chain head, already locked by [`Store::begin`].
     pub async fn audit_head(&mut self) -> StoreResult<(i64, String)> {
-        Ok(sqlx::query_as("select seq, hash from audit_head where id = 1")
-            .fetch_one(&mut *self.inner)
-            .await?)
+        Ok(
+            sqlx::query_as("select seq, hash from audit_head where id = 1")
+                .fetch_one(&mut *self.inner)
+                .await?,
+        )
     }
 
     /// Append one event and move the head to it.

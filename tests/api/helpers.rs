@@ -1,0 +1,419 @@
+//! Test harness: each test gets a fresh database (a temp-file SQLite, or a uuid-named
+//! PostgreSQL database created on the local server and dropped afterwards), the app on port 0
+//! with a manual clock, and a worker it drives by hand. Clients are real HTTP clients with a
+//! cookie jar that sign in through the dev sign-in form, exactly as a browser would.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use time::macros::datetime;
+use tokio::sync::oneshot;
+
+use twokey::app::App;
+use twokey::clock::ManualClock;
+use twokey::config::{RawConfig, RawDevUser};
+use twokey::jobs::Worker;
+use twokey::service::Service;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generate one test per backend from an `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+pub const SUB: &str = twokey::demo::DEMO_SUBSCRIPTION;
+
+pub fn rsv(rg: &str, name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{name}"
+    )
+}
+
+/// A vault of guard `demo-single` (1 approval; bob and carol approve).
+pub fn single_vault() -> String {
+    rsv("rg-backup-prod", "rsv-prod-weu")
+}
+
+/// A vault of guard `demo-dual` (2 approvals from distinct groups).
+pub fn dual_vault() -> String {
+    rsv("rg-backup-finance", "rsv-finance")
+}
+
+/// A reversible operation (1 approval by default).
+pub const REVERSIBLE_OP: &str = "rsv.stop_protection_retain_data";
+/// An irreversible operation (2 approvals by default).
+pub const IRREVERSIBLE_OP: &str = "rsv.delete_vault";
+
+pub const ALICE_OID: &str = "a11ce000-0000-4000-8000-000000000001";
+
+fn extra(email: &str, name: &str, oid: Option<&str>, groups: &[&str]) -> RawDevUser {
+    RawDevUser {
+        email: email.into(),
+        name: name.into(),
+        object_id: oid.map(Into::into),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        description: None,
+    }
+}
+
+/// The demo configuration plus test people: a second peer approver, and three other
+/// accounts of Alice's that are approvers (to prove she still cannot approve herself).
+pub fn test_config(dir: &std::path::Path, db_url: &str) -> RawConfig {
+    let mut raw = twokey::demo::config(dir, "127.0.0.1:0", "t".repeat(40));
+    raw.server.public_url = Some("http://127.0.0.1".into());
+    raw.database.url = Some(db_url.into());
+    raw.jobs.enabled = Some(false);
+    raw.auth.dev_users.extend([
+        extra(
+            "dave@demo.twokey",
+            "Dave (peer)",
+            Some("da7e0000-0000-4000-8000-000000000006"),
+            &["backup-approvers"],
+        ),
+        extra(
+            "Alice@Demo.Twokey",
+            "Alice again",
+            None,
+            &["backup-approvers", "security"],
+        ),
+        extra(
+            "alice+x@demo.twokey",
+            "Alice tagged",
+            None,
+            &["backup-approvers", "security"],
+        ),
+        extra(
+            "a.other@elsewhere.test",
+            "Alice by oid",
+            Some(ALICE_OID),
+            &["backup-approvers", "security"],
+        ),
+        extra(
+            "mallory@demo.twokey",
+            "Mallory",
+            Some("3a110000-0000-4000-8000-000000000007"),
+            &[],
+        ),
+    ]);
+    raw
+}
+
+/// A database for one test, removed afterwards.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("TWOKEY_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.path().join("twokey.db").display()),
+                pg_name: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let name = format!("twokey_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = pg_admin_url();
+                run_pg(&admin, &format!("create database {name}")).await;
+                let mut url = url::Url::parse(&admin).expect("TWOKEY_TEST_PG_URL");
+                url.set_path(&format!("/{name}"));
+                Self {
+                    url: url.to_string(),
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self._dir.path().to_path_buf()
+    }
+}
+
+async fn run_pg(url: &str, sql: &str) {
+    let store = twokey::store::Store::connect(url, 1)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed for the postgres tests: {e}"));
+    store.execute_raw_for_tests(sql).await.expect(sql);
+    store.close().await;
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            let admin = pg_admin_url();
+            // Drop runs outside async context: a short-lived runtime on its own thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(run_pg(
+                    &admin,
+                    &format!("drop database if exists {name} with (force)"),
+                ));
+            })
+            .join();
+        }
+    }
+}
+
+/// A running app.
+pub struct TestApp {
+    pub base: String,
+    pub svc: Service,
+    pub clock: Arc<ManualClock>,
+    pub worker: Worker,
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn start_time() -> time::OffsetDateTime {
+    datetime!(2026-12-03 09:00 UTC)
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        let db = TestDb::new(backend).await;
+        let raw = test_config(&db.dir(), &db.url);
+        Self::spawn_on(db, raw, Arc::new(ManualClock::new(start_time()))).await
+    }
+
+    pub async fn spawn_on(db: TestDb, raw: RawConfig, clock: Arc<ManualClock>) -> Self {
+        let config = raw.validate().expect("test config is valid");
+        let app = App::build_with_clock(config, clock.clone())
+            .await
+            .expect("app builds");
+        let base = format!("http://{}", app.addr());
+        let svc = app.service();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            app.run_until_stopped(async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("app runs");
+        });
+        let worker = Worker::new(svc.clone(), "test-worker");
+        Self {
+            base,
+            svc,
+            clock,
+            worker,
+            db,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    /// Stop this app and start another on the same database with a changed config.
+    pub async fn restart_with(mut self, change: impl FnOnce(&mut RawConfig)) -> Self {
+        self.stop().await;
+        let mut raw = test_config(&self.db.dir(), &self.db.url);
+        change(&mut raw);
+        let clock = self.clock.clone();
+        let db = std::mem::replace(
+            &mut self.db,
+            TestDb {
+                url: String::new(),
+                pg_name: None,
+                _dir: tempfile::tempdir().unwrap(),
+            },
+        );
+        Self::spawn_on(db, raw, clock).await
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+
+    /// Run every due job (and the deadline sweep) to completion.
+    pub async fn settle(&self) {
+        self.worker.sweep().await.expect("sweep");
+        self.worker.drain().await.expect("drain");
+    }
+
+    /// A browser-like client signed in as `email` through the dev sign-in form.
+    pub async fn client_as(&self, email: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let page = http
+            .get(format!("{}/auth/dev", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = form_value(&page, "csrf").expect("csrf field on the sign-in page");
+        let resp = http
+            .post(format!("{}/auth/dev", self.base))
+            .form(&[("email", email), ("csrf", csrf.as_str()), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::SEE_OTHER,
+            "dev sign-in as {email}"
+        );
+        let session: Value = http
+            .get(format!("{}/api/v1/session", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let csrf = session["csrf_token"]
+            .as_str()
+            .expect("csrf_token")
+            .to_string();
+        Client {
+            http,
+            base: self.base.clone(),
+            csrf,
+        }
+    }
+
+    pub async fn audit_count(&self, action: &str, request_id: Option<&str>) -> i64 {
+        self.svc
+            .store
+            .count_audit(action, request_id)
+            .await
+            .unwrap()
+    }
+
+    pub async fn request_count(&self) -> i64 {
+        self.svc
+            .store
+            .list_requests(&twokey::store::RequestFilter {
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len() as i64
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The `value` of the first `<input name="NAME" value="…">` in a page.
+pub fn form_value(html: &str, name: &str) -> Option<String> {
+    let needle = format!("name=\"{name}\" value=\"");
+    let start = html.find(&needle)? + needle.len();
+    let end = html[start..].find('"')? + start;
+    Some(html[start..end].to_string())
+}
+
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub csrf: String,
+}
+
+impl Client {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.get(path).await;
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("x-csrf-token", &self.csrf)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn create(&self, vault: &str, op: &str) -> Value {
+        let (s, body) = self
+            .post_json(
+                "/api/v1/requests",
+                &json!({
+                    "vault_id": vault,
+                    "operation": op,
+                    "justification": "Decommissioning the old vault, change CHG-1234",
+                    "ticket": "CHG-1234",
+                    "duration_minutes": 30,
+                }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "create: {body}");
+        body
+    }
+
+    pub async fn decide(&self, id: &str, decision: &str) -> (StatusCode, Value) {
+        self.post_json(
+            &format!("/api/v1/requests/{id}/decision"),
+            &json!({ "decision": decision, "comment": "looked at it" }),
+        )
+        .await
+    }
+
+    pub async fn state(&self, id: &str) -> String {
+        let (s, v) = self.get_json(&format!("/api/v1/requests/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["state"].as_str().unwrap().to_string()
+    }
+}
