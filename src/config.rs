@@ -276,11 +276,10 @@ impl RawConfig {
         }
         let env = Env::prefixed("TWOKEY_")
             .filter(|k| {
-                SECTIONS
-                    .iter()
-                    .any(|s| k.as_str().starts_with(&format!("{s}_")))
+                let k = k.as_str().to_ascii_lowercase();
+                SECTIONS.iter().any(|s| k.starts_with(&format!("{s}_")))
             })
-            .map(|k| env_key(k.as_str()).into());
+            .map(|k| env_key(&k.as_str().to_ascii_lowercase()).into());
         fig = fig.merge(env);
         fig.extract::<RawConfig>().map_err(|e| {
             ConfigErrors(

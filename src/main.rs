@@ -99,6 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => std::env::temp_dir().join(format!("twokey-demo-{}", uuid::Uuid::new_v4())),
             };
             std::fs::create_dir_all(&dir)?;
+            // Port 0 means "any free port"; links in mails need the real one, so pick it now.
+            let bind = match bind.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.port() == 0 => std::net::TcpListener::bind(a)?.local_addr()?.to_string(),
+                _ => bind,
+            };
             let secret = twokey::demo::review_secret(&dir)?;
             let raw = twokey::demo::config(&dir, &bind, secret);
             let config = match raw.validate() {
@@ -107,11 +112,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let app = App::build(config).await?;
             let url = format!("http://{}", app.addr());
-            println!("twokey demo is running at {url}");
-            println!("  sign in as a demo person:  {url}/auth/dev");
-            println!("  mail it would have sent:   {url}/dev/outbox");
-            println!("  data (SQLite, outbox):     {}", dir.display());
-            println!("Press Ctrl-C to stop.");
+            // Written once and not with `println!`: a closed stdout must not stop the demo.
+            let banner = format!(
+                "twokey demo is running at {url}\n  sign in as a demo person:  {url}/auth/dev\n  mail it would have sent:   {url}/dev/outbox\n  data (SQLite, outbox):     {}\nPress Ctrl-C to stop.\n",
+                dir.display()
+            );
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(banner.as_bytes());
+                let _ = out.flush();
+            }
             app.run_until_stopped(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -301,3 +301,30 @@ async fn unauthenticated_and_bearer_calls_are_refused(b: Backend) {
             .contains("Locked")
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_api_route() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let r = reqwest::get(format!("{}/api/v1/openapi.json", app.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: serde_json::Value = r.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/session", "get"),
+        ("/operations", "get"),
+        ("/guards", "get"),
+        ("/requests", "get"),
+        ("/requests", "post"),
+        ("/requests/{id}", "get"),
+        ("/requests/{id}/cancel", "post"),
+        ("/requests/{id}/decision", "post"),
+        ("/requests/{id}/end", "post"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
+    }
+}

@@ -1,9 +1,11 @@
 //! Black-box tests of the app over HTTP, each run on SQLite and on PostgreSQL.
 
 mod audit;
+mod cli;
 mod helpers;
 mod hostile;
 mod jobs;
 mod lifecycle;
+mod pages;
 mod review;
 mod separation;
