@@ -38,7 +38,7 @@ impl App {
         .await
         .context("connecting to the database")?;
         store.migrate().await.context("applying migrations")?;
-        let svc = Service::new(store, Arc::new(config), clock);
+        let svc = Service::new(store, Arc::new(config), clock).map_err(anyhow::Error::msg)?;
         let voided = svc
             .load_policies()
             .await

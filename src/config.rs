@@ -91,6 +91,7 @@ pub struct RawMail {
     pub outbox_dir: Option<PathBuf>,
     pub smtp_url: Option<String>,
     pub smtp_url_file: Option<PathBuf>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -111,6 +112,7 @@ pub struct RawKey {
 #[serde(default, deny_unknown_fields)]
 pub struct RawJobs {
     pub enabled: Option<bool>,
+    pub concurrency: Option<usize>,
     pub lease: Option<String>,
     pub poll_interval: Option<String>,
     pub sweep_interval: Option<String>,
@@ -194,6 +196,10 @@ pub struct MailConfig {
     pub from: String,
     /// Write each message as an `.eml` file here (the demo's outbox).
     pub outbox_dir: Option<PathBuf>,
+    /// The relay, in lettre's URL form (`tls=none` already turned into a plain `smtp://`).
+    pub smtp_url: Option<Secret>,
+    /// Connect and command timeout for the relay.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +218,8 @@ pub struct ReviewKey {
 pub struct JobsConfig {
     /// Run the background worker in this process.
     pub enabled: bool,
+    /// Jobs run at once by this process's worker.
+    pub concurrency: usize,
     /// How long a claimed job is ours before another worker may take it over.
     pub lease: Duration,
     /// Longest wait between looks at the jobs table when nothing woke the worker.
@@ -429,12 +437,31 @@ impl RawConfig {
         if from.parse::<lettre::message::Mailbox>().is_err() {
             p.push("mail.from", format!("`{from}` is not a mailbox"));
         }
-        if self.mail.smtp_url.is_some() || self.mail.smtp_url_file.is_some() {
-            p.push(
+        let smtp_url = p
+            .secret("mail.smtp_url", self.mail.smtp_url, self.mail.smtp_url_file)
+            .and_then(|u| match smtp_url_for_lettre(u.expose()) {
+                Ok(u) => Some(Secret::new(u)),
+                Err(e) => {
+                    p.push("mail.smtp_url", e);
+                    None
+                }
+            });
+        match (&smtp_url, &self.mail.outbox_dir) {
+            (Some(_), Some(_)) => p.push(
+                "mail.outbox_dir",
+                "set either mail.smtp_url (deliver) or mail.outbox_dir (write .eml files), not both",
+            ),
+            // SECURITY: approvers learn of requests by mail; a twokey that cannot send any
+            // would sit on requests silently. Refuse to start instead.
+            (None, None) if p.0.iter().all(|x| x.key != "mail.smtp_url") => p.push(
                 "mail.smtp_url",
-                "SMTP delivery is not in this build yet; use mail.outbox_dir",
-            );
+                "is required (or mail.outbox_dir, to write each mail as a file)",
+            ),
+            _ => {}
         }
+        let mail_timeout = p
+            .duration("mail.timeout", self.mail.timeout.as_deref(), "15s")
+            .unwrap_or(Duration::from_secs(15));
 
         let mut keys = Vec::new();
         for (i, k) in self.review.keys.into_iter().enumerate() {
@@ -462,8 +489,13 @@ impl RawConfig {
             );
         }
 
+        let concurrency = self.jobs.concurrency.unwrap_or(4);
+        if !(1..=64).contains(&concurrency) {
+            p.push("jobs.concurrency", "must be between 1 and 64");
+        }
         let jobs = JobsConfig {
             enabled: self.jobs.enabled.unwrap_or(true),
+            concurrency,
             lease: p
                 .duration("jobs.lease", self.jobs.lease.as_deref(), "2m")
                 .unwrap_or(Duration::from_secs(120)),
@@ -519,12 +551,62 @@ impl RawConfig {
             mail: MailConfig {
                 from,
                 outbox_dir: self.mail.outbox_dir,
+                smtp_url,
+                timeout: mail_timeout,
             },
             review: ReviewConfig { keys },
             jobs,
             guards,
         })
     }
+}
+
+/// Check an SMTP URL and turn it into the form lettre takes.
+///
+/// `smtps://host:465` is implicit TLS; `smtp://host:587?tls=required` STARTTLS (recommended);
+/// `?tls=opportunistic` STARTTLS when offered; `?tls=none` plain. Credentials go in the URL's
+/// user and password (percent-encoded), which is why the whole URL is a secret.
+///
+/// SECURITY: plain SMTP to anything but this machine must be asked for with `tls=none`; a
+/// missing `tls` parameter towards a remote relay is refused rather than sent in clear text.
+pub fn smtp_url_for_lettre(raw: &str) -> Result<String, String> {
+    let mut u = url::Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("has no host")?
+        .to_string();
+    let tls = u
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.to_string());
+    if u.query_pairs().any(|(k, _)| k != "tls") {
+        return Err("only the `tls` query parameter is understood".into());
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match (u.scheme(), tls.as_deref()) {
+        ("smtps", None) => {}
+        ("smtps", Some(_)) => return Err("smtps:// is always TLS; drop the tls parameter".into()),
+        ("smtp", Some("required" | "opportunistic")) => {}
+        ("smtp", Some("none")) => u.set_query(None),
+        ("smtp", None) if loopback => {}
+        ("smtp", None) => {
+            return Err(format!(
+                "say how to protect mail to {host}: ?tls=required (STARTTLS, recommended), ?tls=opportunistic, or ?tls=none"
+            ));
+        }
+        ("smtp", Some(other)) => {
+            return Err(format!(
+                "tls={other} is not one of required, opportunistic, none"
+            ));
+        }
+        (other, _) => return Err(format!("scheme `{other}` is not smtp or smtps")),
+    }
+    Ok(u.to_string())
 }
 
 fn minutes(d: Duration) -> u32 {
@@ -783,6 +865,8 @@ mod tests {
             [auth]
             mode = "dev"
             dev_users = [{ email = "a@x.io", name = "A" }]
+            [mail]
+            outbox_dir = "/tmp/twokey-test-outbox"
             [[review.keys]]
             kid = "k1"
             secret = "0123456789abcdef0123456789abcdef"
@@ -844,6 +928,39 @@ mod tests {
         let c = raw.validate().unwrap();
         assert_eq!(c.database.url.expose(), "postgres://u:topsecret@h/db");
         assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn smtp_urls_are_checked_and_plain_remote_relays_need_saying_so() {
+        assert!(smtp_url_for_lettre("smtp://relay.example.com:587?tls=required").is_ok());
+        assert!(smtp_url_for_lettre("smtps://u:p@smtp.office365.com:465").is_ok());
+        assert!(smtp_url_for_lettre("smtp://127.0.0.1:2525").is_ok());
+        assert_eq!(
+            smtp_url_for_lettre("smtp://relay.internal:25?tls=none").unwrap(),
+            "smtp://relay.internal:25"
+        );
+        for bad in [
+            "smtp://relay.example.com:25",
+            "smtp://relay.example.com?tls=maybe",
+            "smtps://x?tls=required",
+            "http://x",
+            "smtp://x?tls=required&debug=1",
+            "not a url",
+        ] {
+            assert!(smtp_url_for_lettre(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mail_needs_exactly_one_way_out() {
+        let mut raw = minimal();
+        raw.mail.outbox_dir = None;
+        let errs = raw.validate().unwrap_err().0;
+        assert!(errs.iter().any(|p| p.key == "mail.smtp_url"), "{errs:?}");
+        let mut raw = minimal();
+        raw.mail.smtp_url = Some("smtp://127.0.0.1:25".into());
+        let errs = raw.validate().unwrap_err().0;
+        assert!(errs.iter().any(|p| p.key == "mail.outbox_dir"), "{errs:?}");
     }
 
     #[test]

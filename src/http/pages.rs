@@ -774,6 +774,9 @@ struct ReviewPage {
     r: RequestView,
     token: String,
     scope_note: &'static str,
+    /// Who may approve (the guard's approver entries), for "still needed from whom".
+    approvers: String,
+    distinct_groups: bool,
 }
 
 /// Record a refused review token (never the token itself) and show a clear page.
@@ -785,7 +788,6 @@ async fn reject_token(
     claims: Option<&ReviewClaims>,
 ) -> Response {
     let svc = &state.svc;
-    let now = svc.now();
     let actor = match s.as_ref().and_then(|s| s.principal.clone()) {
         Some(p) => caller(p, origin.clone()).actor(),
         None => Actor {
@@ -794,23 +796,8 @@ async fn reject_token(
             ..Actor::default()
         },
     };
-    if let Ok(mut tx) = svc.store.begin().await {
-        let recorded = audit::record(
-            &mut tx,
-            now,
-            Action::TokenRejected,
-            &actor,
-            claims.map(|c| c.rid.as_str()),
-            json!({
-                "reason": why.code(),
-                "sent_to": claims.map(|c| c.sub.clone()),
-                "jti": claims.map(|c| c.jti.clone()),
-            }),
-        )
-        .await;
-        if recorded.is_ok() {
-            let _ = tx.commit().await;
-        }
+    if let Err(e) = svc.token_rejected(&actor, why.code(), claims).await {
+        tracing::error!(error = %e, "recording a refused review link");
     }
     let (status, text) = match why {
         TokenRejection::Replayed => (
@@ -982,6 +969,13 @@ async fn review_page(
         },
     };
     let c = chrome(&state, &s);
+    let (approvers, distinct_groups) = svc
+        .guard(&r.guard)
+        .map(|g| {
+            let list: Vec<String> = g.approvers.iter().map(ToString::to_string).collect();
+            (list.join(", "), g.distinct_groups)
+        })
+        .unwrap_or_default();
     let page = render(ReviewPage {
         me: c.me,
         csrf: c.csrf,
@@ -989,6 +983,8 @@ async fn review_page(
         r,
         token,
         scope_note: GUARD_SCOPE_NOTE,
+        approvers,
+        distinct_groups,
     });
     match cookie {
         Some(v) => (CookieJar::new().add(session_cookie(&state, v)), page).into_response(),

@@ -69,14 +69,23 @@ impl Worker {
         Ok(true)
     }
 
-    /// Run due jobs until none is left. Returns how many ran.
+    /// Run due jobs until none is left, `jobs.concurrency` at a time (claims are atomic, so
+    /// the lanes never run the same job; mail and Azure round trips overlap). Returns how many ran.
     pub async fn drain(&self) -> ServiceResult<usize> {
-        let mut n = 0;
-        // Bounded so that a job that keeps re-queuing itself cannot spin forever.
-        while n < 100_000 && self.run_once().await? {
-            n += 1;
+        let lanes = self.svc.config.jobs.concurrency.max(1);
+        let runs = (0..lanes).map(|_| async {
+            let mut n = 0;
+            // Bounded so that a job that keeps re-queuing itself cannot spin forever.
+            while n < 100_000 && self.run_once().await? {
+                n += 1;
+            }
+            ServiceResult::Ok(n)
+        });
+        let mut total = 0;
+        for r in futures::future::join_all(runs).await {
+            total += r?;
         }
-        Ok(n)
+        Ok(total)
     }
 
     /// Periodic work: expire pending requests past their deadline, drop dead sessions.

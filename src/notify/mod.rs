@@ -1,129 +1,286 @@
-//! Notifications: what each mail says, and how it leaves. In this build mail is written as one
-//! `.eml` file per message into `mail.outbox_dir` (what `twokey demo` shows at `/dev/outbox`);
-//! SMTP delivery plugs in at [`deliver`]. Mail is only ever sent from a job.
+//! Notifications: what each mail says, and how it leaves. A mail is always sent from a job
+//! (see `service::jobs_impl`), as multipart text + HTML rendered from `web/templates/email/`,
+//! with every user-supplied value escaped (HTML) or kept out of headers.
+
+mod transport;
 
 use std::time::SystemTime;
 
+use askama::Template;
 use lettre::Message;
-use lettre::message::{Mailbox, header::ContentType};
+use lettre::message::{Mailbox, MultiPart};
 use time::OffsetDateTime;
+
+pub use transport::{MailTransport, SendError};
 
 use crate::domain::operations::{self, GUARD_SCOPE_NOTE};
 use crate::service::jobs_api::JobFailure;
 use crate::service::{MailKind, MailPayload, Service};
 use crate::store::RequestRow;
 
+/// The parts of one mail, before templating.
+#[derive(Debug, Clone)]
+pub struct MailModel {
+    pub subject: String,
+    pub guard: String,
+    pub headline: String,
+    pub intro: String,
+    pub warning: Option<String>,
+    pub action_link: Option<String>,
+    pub action_text: String,
+    pub action_note: Option<String>,
+    pub facts: Vec<(String, String)>,
+    pub consequence: Option<String>,
+    pub scope_note: Option<String>,
+    pub footer: String,
+    pub details_link: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "email/notification.html")]
+struct HtmlMail<'a> {
+    m: &'a MailModel,
+}
+
+#[derive(Template)]
+#[template(path = "email/notification.txt")]
+struct TextMail<'a> {
+    m: &'a MailModel,
+}
+
 /// A rendered mail.
 #[derive(Debug, Clone)]
 pub struct Mail {
     pub subject: String,
     pub text: String,
+    pub html: String,
 }
 
-/// Strip control characters (header injection) and bound the length of a subject line.
+/// SECURITY: a subject line is a header. Strip control characters (no CR/LF header
+/// injection, whatever lettre's own encoding does) and bound its length.
 fn subject_safe(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
-/// Render the mail for `payload` about `req`.
-pub fn render(
+fn facts(req: &RequestRow, title: &str) -> Vec<(String, String)> {
+    let vault = crate::domain::arm::VaultId::parse(&req.vault_id).ok();
+    let mut f = vec![
+        (
+            "Requester".into(),
+            format!("{} <{}>", req.requester_name, req.requester_email),
+        ),
+        ("Operation".into(), title.to_string()),
+        (
+            "Vault".into(),
+            vault
+                .as_ref()
+                .map(|v| format!("{} ({})", v.name(), v.kind().label()))
+                .unwrap_or_else(|| req.vault_id.clone()),
+        ),
+    ];
+    if let Some(v) = &vault {
+        f.push(("Subscription".into(), v.subscription().to_string()));
+        f.push(("Resource group".into(), v.resource_group().to_string()));
+    }
+    f.extend([
+        ("Guard".into(), req.guard.clone()),
+        ("Why".into(), req.justification.clone()),
+        (
+            "Ticket".into(),
+            req.ticket.clone().unwrap_or_else(|| "(none)".into()),
+        ),
+        (
+            "Window".into(),
+            format!("{} minutes once approved", req.duration_minutes),
+        ),
+        (
+            "Approvals".into(),
+            format!("{} needed", req.required_approvals),
+        ),
+        ("Decide before".into(), short_time(&req.deadline)),
+    ]);
+    f
+}
+
+fn short_time(s: &str) -> String {
+    match (s.get(..10), s.get(11..16)) {
+        (Some(d), Some(t)) => format!("{d} {t} UTC"),
+        _ => s.to_string(),
+    }
+}
+
+/// Build the model for `payload` about `req`.
+pub fn model(
     svc: &Service,
     payload: &MailPayload,
     req: &RequestRow,
     link: Option<&str>,
-) -> Result<Mail, JobFailure> {
+) -> Result<MailModel, JobFailure> {
     let op = operations::find(&req.operation);
     let title = op.map(|o| o.title).unwrap_or(req.operation.as_str());
-    let vault_name = req.vault_id.rsplit('/').next().unwrap_or(&req.vault_id);
-    let request_url = format!("{}/requests/{}", svc.public_base(), req.request_id);
+    let vault_name = req
+        .vault_id
+        .rsplit('/')
+        .next()
+        .unwrap_or(&req.vault_id)
+        .to_string();
+    let details = format!("{}/requests/{}", svc.public_base(), req.request_id);
     let event = payload
         .extra
         .get("event")
         .and_then(|e| e.as_str())
         .unwrap_or("");
-    let facts = format!(
-        "Requester:     {} <{}>\nOperation:     {}\nVault:         {}\n               {}\nGuard:         {}\nWindow:        {} minutes once approved\nApprovals:     {} needed\nJustification: {}\nTicket:        {}\nDeadline:      {}\n",
-        req.requester_name,
-        req.requester_email,
-        title,
-        vault_name,
-        req.vault_id,
-        req.guard,
-        req.duration_minutes,
-        req.required_approvals,
-        req.justification,
-        req.ticket.as_deref().unwrap_or("(none)"),
-        req.deadline,
-    );
-    let (subject, text) = match payload.kind {
+    let mut m = MailModel {
+        subject: String::new(),
+        guard: req.guard.clone(),
+        headline: String::new(),
+        intro: String::new(),
+        warning: None,
+        action_link: None,
+        action_text: String::new(),
+        action_note: None,
+        facts: facts(req, title),
+        consequence: None,
+        scope_note: None,
+        footer: "Sent by twokey, which stands between one account and your backups.".into(),
+        details_link: Some(details.clone()),
+    };
+    match payload.kind {
         MailKind::ReviewRequest => {
             let link =
                 link.ok_or_else(|| JobFailure::Permanent("review mail without link".into()))?;
-            let consequence = op.map(|o| o.consequence).unwrap_or("");
-            let warning = op
-                .and_then(|o| o.warning)
-                .map(|w| format!("\n!! {w}\n"))
-                .unwrap_or_default();
-            (
-                format!(
-                    "Approval needed: {} on {} ({})",
-                    title, vault_name, req.requester_name
-                ),
-                format!(
-                    "{} asks for your approval.\n\n{facts}\nWhat this does: {consequence}\n{warning}\nNote: {GUARD_SCOPE_NOTE}\n\nReview it here (opening the link changes nothing; you decide on the page):\n{link}\n\nThe link is for you only, works for one decision, and expires at the deadline above.\nIf you did not expect this, deny it and tell your security team.\n",
-                    req.requester_name
-                ),
-            )
+            m.subject = format!(
+                "Approval needed: {title} on {vault_name} ({})",
+                req.requester_name
+            );
+            m.headline = format!("{} asks for your approval", req.requester_name);
+            m.intro = format!(
+                "{} wants to {} on vault {}. Please review and decide.",
+                req.requester_name,
+                title.to_lowercase(),
+                vault_name
+            );
+            m.warning = op.and_then(|o| o.warning).map(str::to_string).or_else(|| {
+                op.filter(|o| !o.reversible)
+                    .map(|_| "This operation cannot be undone.".to_string())
+            });
+            m.action_link = Some(link.to_string());
+            m.action_text = "Review the request".into();
+            m.action_note = Some("Opening the link changes nothing; you decide on the page. The link is yours alone, works for one decision, and expires at the deadline.".into());
+            m.consequence = op.map(|o| o.consequence.to_string());
+            m.scope_note = Some(GUARD_SCOPE_NOTE.to_string());
+            m.footer = "If you did not expect this, deny it and tell your security team.".into();
+            m.details_link = None;
         }
         MailKind::Requester => {
-            let what = match event {
-                "created" => "Your request was received and sent to the approvers.".to_string(),
-                "approved" => "Your request was approved. twokey is putting the access in place now.".to_string(),
-                "active" => format!(
-                    "Your access window is open: from {} until {}.",
-                    req.active_from.as_deref().unwrap_or("now"),
-                    req.active_until.as_deref().unwrap_or("?")
+            let (headline, intro) = match event {
+                "created" => ("Your request was received".to_string(), "It has been sent to the approvers. You will get a mail when it is decided.".to_string()),
+                "approved" => ("Your request was approved".into(), "twokey is putting the access in place now.".into()),
+                "active" => (
+                    "Your access window is open".into(),
+                    format!(
+                        "From {} until {}. The role is taken away automatically at the end; end it early from the request page when you are done.",
+                        short_time(req.active_from.as_deref().unwrap_or("now")),
+                        short_time(req.active_until.as_deref().unwrap_or("?"))
+                    ),
                 ),
-                "denied" => "Your request was denied.".to_string(),
-                "expired" => "Your request expired without a decision (or the guard's policy changed). Nothing was granted.".to_string(),
-                "ended" => "Your access window has ended and the role was removed.".to_string(),
-                "failed" => "The access could not be put in place. Nothing was granted.".to_string(),
-                other => format!("Your request changed: {other}."),
+                "denied" => ("Your request was denied".into(), "Nothing was granted.".into()),
+                "expired" => ("Your request expired".into(), "Nobody decided before the deadline, or the guard's policy changed. Nothing was granted.".into()),
+                "ended" => ("Your access window has ended".into(), "The role on the Resource Guard has been removed.".into()),
+                "failed" => ("Your access could not be granted".into(), req.failure_message.clone().unwrap_or_else(|| "Nothing was granted.".into())),
+                other => (format!("Your request changed: {other}"), String::new()),
             };
-            (
-                format!("twokey: {} — {} on {}", event, title, vault_name),
-                format!("{what}\n\n{facts}\nDetails: {request_url}\n"),
-            )
+            m.subject = format!(
+                "twokey: {} — {title} on {vault_name}",
+                headline.to_lowercase()
+            );
+            m.headline = headline;
+            m.intro = intro;
+            m.action_link = Some(details);
+            m.action_text = "Open the request".into();
+            m.details_link = None;
         }
-        MailKind::Watcher => (
-            format!(
-                "[twokey] {} — {} on {} by {}",
-                event, title, vault_name, req.requester_email
-            ),
-            format!("twokey event: {event}\n\n{facts}\nDetails: {request_url}\n"),
-        ),
+        MailKind::Watcher => {
+            let who = payload
+                .extra
+                .get("by")
+                .and_then(|b| b.as_str())
+                .unwrap_or(&req.requester_email)
+                .to_string();
+            m.subject = format!("[twokey] {event}: {title} on {vault_name} ({who})");
+            m.headline = format!("twokey event: {event}");
+            m.intro = match event {
+                "repeated_token_rejections" => "Review links for this request were refused five times within ten minutes. Someone may be trying to use a link that is not theirs.".into(),
+                e if e.starts_with("token_rejected") => format!("A review link for this request was refused ({}).", e.trim_start_matches("token_rejected:")),
+                _ => format!("{} — request by {}.", event, req.requester_email),
+            };
+            if event == "repeated_token_rejections" {
+                m.warning = Some("Possible misuse of review links.".into());
+            }
+        }
         MailKind::AlreadyDecided => {
             let by = payload
                 .extra
                 .get("by")
                 .and_then(|b| b.as_str())
                 .unwrap_or("another approver");
-            (
-                format!("Already decided: {} on {}", title, vault_name),
-                format!(
-                    "This request has already been decided by {by}; the link you received no longer works.\n\n{facts}\nDetails: {request_url}\n"
-                ),
-            )
+            m.subject = format!("Already decided: {title} on {vault_name}");
+            m.headline = "This request has already been decided".into();
+            m.intro = format!(
+                "{by} decided it; the review link you received no longer works. Nothing is needed from you."
+            );
         }
-    };
+    }
+    m.subject = subject_safe(&m.subject);
+    Ok(m)
+}
+
+/// Render the model into text and HTML.
+pub fn render(
+    svc: &Service,
+    payload: &MailPayload,
+    req: &RequestRow,
+    link: Option<&str>,
+) -> Result<Mail, JobFailure> {
+    let m = model(svc, payload, req, link)?;
+    let html = HtmlMail { m: &m }
+        .render()
+        .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;
+    let text = TextMail { m: &m }
+        .render()
+        .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;
     Ok(Mail {
-        subject: subject_safe(&subject),
+        subject: m.subject,
         text,
+        html,
     })
 }
 
-/// Deliver one rendered mail. The file is named after the job, so a retry overwrites the same
-/// message instead of adding a second one. Returns where it went.
+/// The whole message. Its `Message-ID` and `Date` come from the job, so a retry produces the
+/// same message, not a second, different one.
+pub fn build_message(
+    from: &str,
+    to: &str,
+    message_id: &str,
+    created: OffsetDateTime,
+    mail: &Mail,
+) -> Result<Message, String> {
+    let from: Mailbox = from.parse().map_err(|e| format!("mail.from: {e}"))?;
+    let to_box: Mailbox = to.parse().map_err(|e| format!("recipient `{to}`: {e}"))?;
+    Message::builder()
+        .from(from)
+        .to(to_box)
+        .subject(mail.subject.clone())
+        .message_id(Some(message_id.to_string()))
+        .date(SystemTime::from(created))
+        .multipart(MultiPart::alternative_plain_html(
+            mail.text.clone(),
+            mail.html.clone(),
+        ))
+        .map_err(|e| format!("building the message: {e}"))
+}
+
+/// Deliver one rendered mail through the configured transport. Returns where it went.
 pub async fn deliver(
     svc: &Service,
     job_id: &str,
@@ -132,35 +289,9 @@ pub async fn deliver(
     to: &str,
     mail: &Mail,
 ) -> Result<String, String> {
-    let from: Mailbox = svc
-        .config
-        .mail
-        .from
-        .parse()
-        .map_err(|e| format!("mail.from: {e}"))?;
-    let to_box: Mailbox = to.parse().map_err(|e| format!("recipient `{to}`: {e}"))?;
-    let msg = Message::builder()
-        .from(from)
-        .to(to_box)
-        .subject(mail.subject.clone())
-        .message_id(Some(message_id.to_string()))
-        .date(SystemTime::from(created))
-        .header(ContentType::TEXT_PLAIN)
-        .body(mail.text.clone())
-        .map_err(|e| format!("building the message: {e}"))?;
-    let Some(dir) = &svc.config.mail.outbox_dir else {
-        return Err("no mail transport is configured (mail.outbox_dir)".into());
-    };
-    tokio::fs::create_dir_all(dir)
+    let msg = build_message(&svc.config.mail.from, to, message_id, created, mail)?;
+    svc.mailer
+        .send(job_id, msg)
         .await
-        .map_err(|e| format!("outbox {}: {e}", dir.display()))?;
-    let path = dir.join(format!("{job_id}.eml"));
-    let tmp = dir.join(format!(".{job_id}.eml.tmp"));
-    tokio::fs::write(&tmp, msg.formatted())
-        .await
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| format!("renaming {}: {e}", path.display()))?;
-    Ok(path.display().to_string())
+        .map_err(|e| e.to_string())
 }

@@ -91,6 +91,8 @@ pub struct Service {
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
     pub tokens: ReviewTokens,
+    /// How mail leaves (SMTP or the demo outbox).
+    pub mailer: Arc<crate::notify::MailTransport>,
     /// Woken after a commit that queued jobs, so the worker does not wait for its poll.
     pub wake: Arc<Notify>,
 }
@@ -108,15 +110,21 @@ pub fn new_id_pub() -> String {
 pub const LINK_USED: &str = "this review link has already been used";
 
 impl Service {
-    pub fn new(store: Store, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Store, config: Arc<Config>, clock: Arc<dyn Clock>) -> Result<Self, String> {
         let tokens = ReviewTokens::new(&config.review.keys);
-        Self {
+        let mailer = crate::notify::MailTransport::new(
+            config.mail.smtp_url.as_ref().map(|u| u.expose()),
+            config.mail.outbox_dir.as_ref(),
+            config.mail.timeout,
+        )?;
+        Ok(Self {
             store,
             config,
             clock,
             tokens,
+            mailer: Arc::new(mailer),
             wake: Arc::new(Notify::new()),
-        }
+        })
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -803,6 +811,87 @@ impl Service {
             tx.commit().await?;
         }
         Ok(voided)
+    }
+
+    /// Record a refused review link: the audit event, a mail to the guard's watchers, and an
+    /// alert when one request collects five refusals within ten minutes.
+    pub async fn token_rejected(
+        &self,
+        actor: &Actor,
+        reason: &str,
+        claims: Option<&crate::auth::review_token::ReviewClaims>,
+    ) -> ServiceResult<()> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let seq = audit::record(
+            &mut tx,
+            now,
+            Action::TokenRejected,
+            actor,
+            claims.map(|c| c.rid.as_str()),
+            json!({
+                "reason": reason,
+                "sent_to": claims.map(|c| c.sub.clone()),
+                "jti": claims.map(|c| c.jti.clone()),
+            }),
+        )
+        .await?;
+        // Only a token that verified names a request (and so a guard and its watchers).
+        if let Some(c) = claims
+            && let Some(req) = tx.get_request(&c.rid).await?
+        {
+            let event = format!("token_rejected:{reason}");
+            if let Some(guard) = self.guard(&req.guard) {
+                for w in &guard.watchers {
+                    self.queue_mail(
+                        &mut tx,
+                        MailKind::Watcher,
+                        &req,
+                        w,
+                        json!({ "event": event, "by": actor.email }),
+                        format!(
+                            "mail:{}:watcher:rejected:{seq}:{}",
+                            req.request_id,
+                            w.to_lowercase()
+                        ),
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            let since = timefmt::fmt(now - Duration::minutes(10));
+            let recent = self
+                .store
+                .count_audit_since(Action::TokenRejected.as_str(), &req.request_id, &since)
+                .await?;
+            if recent >= 5 {
+                // One alert per request and ten-minute bucket.
+                let bucket = now.unix_timestamp() / 600;
+                let mut tx = self.store.begin().await?;
+                if let Some(guard) = self.guard(&req.guard) {
+                    for w in &guard.watchers {
+                        self.queue_mail(
+                            &mut tx,
+                            MailKind::Watcher,
+                            &req,
+                            w,
+                            json!({ "event": "repeated_token_rejections" }),
+                            format!(
+                                "mail:{}:watcher:alert:{bucket}:{}",
+                                req.request_id,
+                                w.to_lowercase()
+                            ),
+                        )
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+            }
+            self.wake_worker();
+            return Ok(());
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     // ---- reads -------------------------------------------------------------------------

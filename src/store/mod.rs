@@ -511,6 +511,23 @@ impl Store {
         Ok(q.fetch_one(&self.pool).await?)
     }
 
+    /// How many `action` events a request has had since `since` (inclusive).
+    pub async fn count_audit_since(
+        &self,
+        action: &str,
+        request_id: &str,
+        since: &str,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from audit_event where action = $1 and request_id = $2 and at >= $3",
+        )
+        .bind(action)
+        .bind(request_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
     #[doc(hidden)]
     pub async fn execute_raw_for_tests(&self, sql: &str) -> StoreResult<u64> {

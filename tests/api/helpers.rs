@@ -417,3 +417,90 @@ impl Client {
         v["state"].as_str().unwrap().to_string()
     }
 }
+
+/// A real SMTP server (`tests/peers/smtp.mjs`, the npm `smtp-server`) with an HTTP control API.
+pub struct SmtpPeer {
+    pub smtp_port: u16,
+    http: String,
+    _child: tokio::process::Child,
+}
+
+impl SmtpPeer {
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("node")
+            .arg("tests/peers/smtp.mjs")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node must be installed (scripts/test.sh installs the peers)");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        let ports: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("smtp peer said {line:?}: {e}"));
+        Self {
+            smtp_port: ports["smtp"].as_u64().unwrap() as u16,
+            http: format!("http://127.0.0.1:{}", ports["http"]),
+            _child: child,
+        }
+    }
+
+    /// Every message received so far.
+    pub async fn messages(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/messages", self.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Refuse connections with 421 (`down = true`) or accept them again.
+    pub async fn set_down(&self, down: bool) {
+        let state = if down { "down" } else { "up" };
+        reqwest::Client::new()
+            .post(format!("{}/mode?state={state}", self.http))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Messages to `to`.
+    pub async fn to(&self, to: &str) -> Vec<Value> {
+        self.messages()
+            .await
+            .into_iter()
+            .filter(|m| {
+                m["to"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == to))
+            })
+            .collect()
+    }
+}
+
+impl TestApp {
+    /// The app with mail going to a real SMTP server instead of the outbox.
+    pub async fn spawn_with_smtp(backend: Backend, smtp: &SmtpPeer) -> Self {
+        let db = TestDb::new(backend).await;
+        let mut raw = test_config(&db.dir(), &db.url);
+        raw.mail.outbox_dir = None;
+        raw.mail.smtp_url = Some(format!("smtp://127.0.0.1:{}", smtp.smtp_port));
+        raw.mail.timeout = Some("5s".into());
+        Self::spawn_on(db, raw, Arc::new(ManualClock::new(start_time()))).await
+    }
+}
+
+/// The first `href` in an HTML mail that contains `needle`.
+pub fn href_with(html: &str, needle: &str) -> Option<String> {
+    html.split("href=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap_or(""))
+        .find(|h| h.contains(needle))
+        .map(|h| h.replace("&#38;", "&").replace("&amp;", "&"))
+}

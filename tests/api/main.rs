@@ -6,6 +6,7 @@ mod helpers;
 mod hostile;
 mod jobs;
 mod lifecycle;
+mod mail;
 mod pages;
 mod review;
 mod separation;
