@@ -158,3 +158,87 @@ async fn a_review_link_decides_once_for_its_approver_only(b: Backend) {
     );
     assert_eq!(alice.state(&id).await, "active");
 }
+
+both_backends!(refused_links_are_audited_and_watchers_are_alerted_after_five);
+
+async fn refused_links_are_audited_and_watchers_are_alerted_after_five(b: Backend) {
+    use twokey::auth::review_token::{ReviewClaims, ReviewTokens};
+    let app = TestApp::spawn(b).await;
+    let alice = app.client_as("alice@demo.twokey").await;
+    let id = alice.create(&single_vault(), REVERSIBLE_OP).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bob_link = review_path(&app, &id, "bob@demo.twokey").await;
+    let token = bob_link.trim_start_matches("/review/").to_string();
+    let bob = app.client_as("bob@demo.twokey").await;
+
+    // One character changed in the signature.
+    let mut chars: Vec<char> = token.chars().collect();
+    let last = chars.len() - 2;
+    chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    assert_eq!(
+        bob.get(&format!("/review/{tampered}")).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // Signed by a key twokey does not know (right claims, right kid name).
+    let claims = ReviewClaims {
+        iss: "twokey".into(),
+        aud: "review".into(),
+        sub: "bob@demo.twokey".into(),
+        rid: id.clone(),
+        jti: uuid::Uuid::new_v4().to_string(),
+        iat: 0,
+        exp: (app.svc.now() + time::Duration::hours(1)).unix_timestamp(),
+    };
+    let stranger = ReviewTokens::new(&[twokey::config::ReviewKey {
+        kid: "demo-1".into(),
+        secret: twokey::secret::Secret::new("x".repeat(40)),
+    }]);
+    let (forged, _) = stranger.sign(&claims).unwrap();
+    assert_eq!(
+        bob.get(&format!("/review/{forged}")).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // Carol (signed in) uses Bob's link three times: each refusal is audited and mailed.
+    let carol = app.client_as("carol@demo.twokey").await;
+    for _ in 0..3 {
+        assert_eq!(carol.get(&bob_link).await.status(), StatusCode::FORBIDDEN);
+    }
+    // Tokens that do not verify cannot be trusted to name a request: they are audited without
+    // one. Carol's three refusals are this request's.
+    assert_eq!(app.audit_count("token.rejected", Some(&id)).await, 3);
+    assert_eq!(app.audit_count("token.rejected", None).await, 5);
+    app.settle().await;
+    let watcher_mails = |mails: &[twokey::store::NotificationRow], needle: &str| {
+        mails
+            .iter()
+            .filter(|m| m.recipient == "sam@demo.twokey" && m.subject.contains(needle))
+            .count()
+    };
+    let mails = app.svc.store.list_notifications(500).await.unwrap();
+    assert_eq!(watcher_mails(&mails, "token_rejected"), 3);
+    assert_eq!(watcher_mails(&mails, "repeated_token_rejections"), 0);
+    // The fifth within ten minutes raises the alert, once.
+    assert_eq!(carol.get(&bob_link).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(carol.get(&bob_link).await.status(), StatusCode::FORBIDDEN);
+    app.settle().await;
+    let mails = app.svc.store.list_notifications(500).await.unwrap();
+    assert_eq!(watcher_mails(&mails, "repeated_token_rejections"), 1);
+
+    // An expired link: past the request's deadline.
+    app.clock.advance(time::Duration::hours(25));
+    let bob = app.client_as("bob@demo.twokey").await;
+    let r = bob.get(&bob_link).await;
+    assert_eq!(r.status(), StatusCode::GONE);
+    assert!(r.text().await.unwrap().contains("expired"));
+    assert_eq!(alice_state_after_all(&app, &id).await, "expired");
+}
+
+async fn alice_state_after_all(app: &TestApp, id: &str) -> String {
+    app.settle().await;
+    app.client_as("alice@demo.twokey").await.state(id).await
+}
