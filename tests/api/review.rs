@@ -91,6 +91,21 @@ async fn a_review_link_decides_once_for_its_approver_only(b: Backend) {
     assert_eq!(alice.state(&id).await, "pending");
     assert_eq!(app.audit_count("review.opened", Some(&id)).await, 1);
 
+    // Nobody signed in: posting the link decides nothing.
+    let anon = reqwest::Client::new();
+    let r = anon
+        .post(format!("{}/review", app.base))
+        .form(&[
+            ("token", token.as_str()),
+            ("decision", "approve"),
+            ("csrf", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(alice.state(&id).await, "pending");
+
     // A POST without the CSRF token decides nothing.
     let r = bob
         .http
