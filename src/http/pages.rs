@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
         .route("/static/app.css", get(css))
+        .route("/static/app.js", get(js))
         .route("/auth/login", get(login))
         .route("/auth/dev", get(dev_signin_page).post(dev_signin))
         .route("/auth/logout", post(logout))
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/requests/{id}/end", post(request_end))
         .route("/review/{token}", get(review_page))
         .route("/review", post(review_submit))
+        .route("/guards", get(guards_page))
         .route("/dev/outbox", get(outbox))
         .route("/dev/outbox/{id}", get(outbox_message))
 }
@@ -78,16 +80,27 @@ mod filters {
     }
 }
 
+/// The signed-in person, as the page header shows them.
+struct Me {
+    name: String,
+    email: String,
+    auditor: bool,
+}
+
 /// What every page needs for its header.
 struct Chrome {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
 }
 
 fn chrome(state: &AppState, s: &Option<Session>) -> Chrome {
     Chrome {
-        me: s.as_ref().and_then(|s| s.principal.clone()),
+        me: s.as_ref().and_then(|s| s.principal.as_ref()).map(|p| Me {
+            name: p.name.clone(),
+            email: p.email.clone(),
+            auditor: state.svc.is_auditor(p),
+        }),
         csrf: s.as_ref().map(|s| s.csrf_token.clone()).unwrap_or_default(),
         dev: state.svc.config.auth.mode == AuthMode::Dev,
     }
@@ -106,7 +119,7 @@ fn render(t: impl Template) -> Response {
 #[derive(Template)]
 #[template(path = "message.html")]
 struct MessagePage {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     heading: String,
@@ -218,6 +231,16 @@ fn login_redirect(next: &str) -> Response {
     Redirect::to(&format!("/auth/login?{q}")).into_response()
 }
 
+async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../web/static/app.js"),
+    )
+}
+
 async fn css() -> impl IntoResponse {
     (
         [
@@ -263,7 +286,7 @@ async fn login(
 #[derive(Template)]
 #[template(path = "dev_signin.html")]
 struct DevSignin {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     people: Vec<DevUser>,
@@ -440,7 +463,7 @@ async fn logout(
 #[derive(Template)]
 #[template(path = "home.html")]
 struct Home {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     mine: Vec<RequestView>,
@@ -498,14 +521,76 @@ struct NewRequestForm {
 #[derive(Template)]
 #[template(path = "new_request.html")]
 struct NewRequestPage {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
-    vaults: Vec<VaultChoice>,
-    operations: &'static [Operation],
+    guards: Vec<GuardChoice>,
+    rsv_operations: Vec<&'static Operation>,
+    bv_operations: Vec<&'static Operation>,
     form: NewRequestForm,
-    errors: Vec<String>,
+    errors: FieldErrors,
     scope_note: &'static str,
+    immutability_note: &'static str,
+    max_duration: u32,
+}
+
+/// A guard and the vaults it names exactly (patterns with `*` cannot be listed; their vaults
+/// are typed or pasted into the search field).
+struct GuardChoice {
+    name: String,
+    max_duration: u32,
+    required: u32,
+    vaults: Vec<VaultChoice>,
+    patterns: Vec<String>,
+}
+
+/// Validation messages, each shown next to its field.
+#[derive(Default)]
+struct FieldErrors {
+    vault: Option<String>,
+    operation: Option<String>,
+    justification: Option<String>,
+    ticket: Option<String>,
+    duration: Option<String>,
+    general: Option<String>,
+}
+
+impl FieldErrors {
+    fn any(&self) -> bool {
+        self.vault.is_some()
+            || self.operation.is_some()
+            || self.justification.is_some()
+            || self.ticket.is_some()
+            || self.duration.is_some()
+            || self.general.is_some()
+    }
+
+    fn from_domain(e: &crate::domain::request::DomainError) -> Self {
+        let mut f = Self::default();
+        match e {
+            crate::domain::request::DomainError::Invalid { field, message } => {
+                let slot = match *field {
+                    "vault_id" | "guard" => &mut f.vault,
+                    "operation" => &mut f.operation,
+                    "justification" => &mut f.justification,
+                    "ticket" => &mut f.ticket,
+                    "duration_minutes" => &mut f.duration,
+                    _ => &mut f.general,
+                };
+                *slot = Some(capitalize(message));
+            }
+            other => f.general = Some(other.to_string()),
+        }
+        f
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
 }
 
 fn new_request_page_for(
@@ -513,45 +598,60 @@ fn new_request_page_for(
     s: &Option<Session>,
     p: &Principal,
     form: NewRequestForm,
-    errors: Vec<String>,
+    errors: FieldErrors,
 ) -> Response {
-    let vaults = state
+    let guards: Vec<GuardChoice> = state
         .svc
         .config
         .guards
         .iter()
         .filter(|g| g.may_request(p))
-        .flat_map(|g| {
-            g.vaults
+        .map(|g| GuardChoice {
+            name: g.name.clone(),
+            max_duration: g.max_duration_minutes,
+            required: g.required_approvals,
+            vaults: g
+                .vaults
                 .iter()
                 .filter_map(|v| v.is_exact())
-                .map(move |v| VaultChoice {
+                .map(|v| VaultChoice {
                     label: format!(
-                        "{} — {} in {} (guard {})",
+                        "{} — {} in {}",
                         v.name(),
                         v.kind().label(),
-                        v.resource_group(),
-                        g.name
+                        v.resource_group()
                     ),
                     id: v.to_string(),
                 })
+                .collect(),
+            patterns: g
+                .vaults
+                .iter()
+                .filter(|v| v.is_exact().is_none())
+                .map(|v| v.to_string())
+                .collect(),
         })
         .collect();
+    let max_duration = guards.iter().map(|g| g.max_duration).max().unwrap_or(60);
     let c = chrome(state, s);
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
+    let status = if errors.any() {
         StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
     };
+    use crate::domain::arm::VaultKind;
     let mut r = render(NewRequestPage {
         me: c.me,
         csrf: c.csrf,
         dev: c.dev,
-        vaults,
-        operations: operations::catalogue(),
+        guards,
+        rsv_operations: operations::for_kind(VaultKind::RecoveryServices).collect(),
+        bv_operations: operations::for_kind(VaultKind::Backup).collect(),
         form,
         errors,
         scope_note: GUARD_SCOPE_NOTE,
+        immutability_note: operations::IMMUTABILITY_NOTE,
+        max_duration,
     });
     *r.status_mut() = status;
     r
@@ -572,7 +672,7 @@ async fn new_request_page(
             duration_minutes: "60".into(),
             ..Default::default()
         },
-        vec![],
+        FieldErrors::default(),
     )
 }
 
@@ -601,7 +701,10 @@ async fn new_request_submit(
                 &s,
                 &p,
                 f,
-                vec!["duration_minutes: must be a whole number of minutes".into()],
+                FieldErrors {
+                    duration: Some("Enter the number of minutes, e.g. 60".into()),
+                    ..FieldErrors::default()
+                },
             );
         }
     };
@@ -620,7 +723,7 @@ async fn new_request_submit(
     {
         Ok(v) => Redirect::to(&format!("/requests/{}", v.id)).into_response(),
         Err(ServiceError::Domain(d)) => {
-            new_request_page_for(&state, &s, &p, f, vec![d.to_string()])
+            new_request_page_for(&state, &s, &p, f, FieldErrors::from_domain(&d))
         }
         Err(e) => service_error_page(&state, &s, e),
     }
@@ -629,13 +732,105 @@ async fn new_request_submit(
 #[derive(Template)]
 #[template(path = "request.html")]
 struct RequestPage {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     r: RequestView,
     can_decide: bool,
     can_cancel: bool,
     can_end: bool,
+    timeline: Vec<TimelineLine>,
+    still_needed: Option<String>,
+    scope_note: &'static str,
+}
+
+/// One line of the request's story, in words.
+struct TimelineLine {
+    at: String,
+    text: String,
+    detail: Option<String>,
+    minor: bool,
+}
+
+fn describe(e: &crate::service::TimelineEntry) -> TimelineLine {
+    let who = e.actor.clone().unwrap_or_else(|| "twokey".into());
+    let d = &e.details;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let (text, detail, minor) = match e.action.as_str() {
+        "request.created" => (format!("Requested by {who}"), s("justification"), false),
+        "review.opened" => (format!("Review page opened by {who}"), None, true),
+        "decision.approved" => (format!("Approved by {who}"), s("comment"), false),
+        "decision.denied" => (format!("Denied by {who}"), s("comment"), false),
+        "grant.requested" => (
+            "Approved: asking Azure for the role".to_string(),
+            None,
+            false,
+        ),
+        "grant.active" => (
+            format!(
+                "Access window open until {}",
+                short(&s("active_until").unwrap_or_default())
+            ),
+            s("scope").map(|sc| format!("Role on {sc}")),
+            false,
+        ),
+        "grant.ended" => (
+            match s("reason").as_deref() {
+                Some("ended_early") => "Window ended early; the role was removed".to_string(),
+                Some("expired") => "Window over; the role was removed".to_string(),
+                Some(r) => format!("Window ended ({r}); the role was removed"),
+                None => "Window ended; the role was removed".to_string(),
+            },
+            None,
+            false,
+        ),
+        "grant.failed" => (
+            "The role could not be granted".to_string(),
+            s("error"),
+            false,
+        ),
+        "request.cancelled" => (format!("Cancelled by {who}"), None, false),
+        "request.expired" => (
+            match s("reason").as_deref() {
+                Some("policy_changed") => "Expired: the guard's policy changed".to_string(),
+                _ => "Expired: nobody decided before the deadline".to_string(),
+            },
+            None,
+            false,
+        ),
+        "token.rejected" => (
+            format!(
+                "A review link was refused ({})",
+                s("reason").unwrap_or_default()
+            ),
+            None,
+            true,
+        ),
+        "notification.sent" => (
+            format!("Mail sent to {}", s("to").unwrap_or_default()),
+            s("subject"),
+            true,
+        ),
+        "notification.failed" => (
+            format!("Mail to {} could not be sent", s("to").unwrap_or_default()),
+            s("error"),
+            false,
+        ),
+        other => (other.to_string(), None, true),
+    };
+    TimelineLine {
+        at: e.at.clone(),
+        text,
+        detail,
+        minor,
+    }
+}
+
+fn short(s: &str) -> String {
+    match (s.get(..10), s.get(11..16)) {
+        (Some(d), Some(t)) => format!("{d} {t} UTC"),
+        _ => s.to_string(),
+    }
 }
 
 async fn request_page(
@@ -665,6 +860,23 @@ async fn request_page(
     let can_end = r.state == RequestState::Active
         && r.end_requested_at.is_none()
         && (is_requester || is_approver || svc.is_admin(&p));
+    let still_needed = (r.state == RequestState::Pending).then(|| {
+        let missing = (r.required_approvals as usize).saturating_sub(r.approvals);
+        let from: Vec<String> = guard
+            .map(|g| g.approvers.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let distinct = guard.is_some_and(|g| g.distinct_groups);
+        format!(
+            "{missing} more approval(s) needed, from {}{}",
+            from.join(", "),
+            if distinct {
+                " (each from a different entry)"
+            } else {
+                ""
+            }
+        )
+    });
+    let timeline = r.timeline.iter().map(describe).collect();
     let c = chrome(&state, &s);
     render(RequestPage {
         me: c.me,
@@ -674,6 +886,9 @@ async fn request_page(
         can_decide,
         can_cancel,
         can_end,
+        timeline,
+        still_needed,
+        scope_note: GUARD_SCOPE_NOTE,
     })
 }
 
@@ -768,7 +983,7 @@ async fn request_end(
 #[derive(Template)]
 #[template(path = "review.html")]
 struct ReviewPage {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     r: RequestView,
@@ -1077,12 +1292,123 @@ async fn review_submit(
     }
 }
 
+// ---- guards ------------------------------------------------------------------------------
+
+struct GuardView {
+    name: String,
+    resource_guard_id: String,
+    vaults: Vec<String>,
+    approvers: Vec<String>,
+    watchers: Vec<String>,
+    required: u32,
+    distinct_groups: bool,
+    max_duration: u32,
+    pending_deadline: u32,
+    elevation: &'static str,
+    warnings: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "guards.html")]
+struct GuardsPage {
+    me: Option<Me>,
+    csrf: String,
+    dev: bool,
+    guards: Vec<GuardView>,
+}
+
+/// How many distinct people can approve for `g`, when that can be known: every approver
+/// entry is a named user (or, with the dev sign-in, a group of known dev people).
+fn eligible_approvers(state: &AppState, g: &crate::domain::policy::GuardPolicy) -> Option<usize> {
+    use crate::domain::policy::Subject;
+    let dev = state.svc.config.auth.mode == AuthMode::Dev;
+    let mut people: Vec<String> = Vec::new();
+    for a in &g.approvers {
+        match a {
+            Subject::User(e) => people.push(e.clone()),
+            Subject::Group(_) | Subject::Oid(_) if dev => {
+                for u in &state.svc.config.auth.dev_users {
+                    let p = Principal {
+                        id: String::new(),
+                        email: u.email.clone(),
+                        name: u.name.clone(),
+                        azure_object_id: u.object_id.clone(),
+                        groups: u.groups.clone(),
+                    };
+                    if a.matches(&p) {
+                        people.push(p.email_normalized());
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    people.sort();
+    people.dedup();
+    Some(people.len())
+}
+
+/// `GET /guards` — read-only: each guard the caller may request against or approve for
+/// (auditors see all), with a red warning where too few approvers exist.
+async fn guards_page(State(state): State<AppState>, MaybeSession(s): MaybeSession) -> Response {
+    let Some(p) = s.as_ref().and_then(|s| s.principal.clone()) else {
+        return login_redirect("/guards");
+    };
+    let svc = &state.svc;
+    let all = svc.is_auditor(&p);
+    let guards = svc
+        .config
+        .guards
+        .iter()
+        .filter(|g| all || g.may_request(&p) || !g.approver_entries_for(&p).is_empty())
+        .map(|g| {
+            let mut warnings = Vec::new();
+            let strictest = operations::catalogue().iter().map(|op| g.required_for(op)).max().unwrap_or(1);
+            match eligible_approvers(&state, g) {
+                Some(n) if (n as u32) < g.required_approvals => warnings.push(format!(
+                    "Only {n} approver(s) for {} required approvals: no request under this guard can ever be approved.",
+                    g.required_approvals
+                )),
+                // The requester never counts, so one more person than the count is needed for
+                // anyone who is also an approver; irreversible operations need 2.
+                Some(n) if (n as u32) < strictest => warnings.push(format!(
+                    "Only {n} approver(s): operations that need {strictest} approvals (those that cannot be undone) can never be approved."
+                )),
+                _ => {}
+            }
+            if g.distinct_groups && (g.approvers.len() as u32) < g.required_approvals {
+                warnings.push("Fewer approver entries than required approvals with distinct groups.".into());
+            }
+            GuardView {
+                name: g.name.clone(),
+                resource_guard_id: g.resource_guard_id.to_string(),
+                vaults: g.vaults.iter().map(|v| v.to_string()).collect(),
+                approvers: g.approvers.iter().map(|a| a.to_string()).collect(),
+                watchers: g.watchers.clone(),
+                required: g.required_approvals,
+                distinct_groups: g.distinct_groups,
+                max_duration: g.max_duration_minutes,
+                pending_deadline: g.pending_deadline_minutes,
+                elevation: g.elevation.as_str(),
+                warnings,
+            }
+        })
+        .collect();
+    let c = chrome(&state, &s);
+    render(GuardsPage {
+        me: c.me,
+        csrf: c.csrf,
+        dev: c.dev,
+        guards,
+    })
+}
+
 // ---- demo outbox ----------------------------------------------------------------------------
 
 #[derive(Template)]
 #[template(path = "outbox.html")]
 struct OutboxPage {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     mails: Vec<NotificationRow>,
@@ -1110,7 +1436,7 @@ async fn outbox(State(state): State<AppState>, MaybeSession(s): MaybeSession) ->
 #[derive(Template)]
 #[template(path = "outbox_message.html")]
 struct OutboxMessage {
-    me: Option<Principal>,
+    me: Option<Me>,
     csrf: String,
     dev: bool,
     m: NotificationRow,
