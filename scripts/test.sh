@@ -10,7 +10,8 @@
 #      TWOKEY_TEST_PG_URL. The Rust tests create one uuid-named database per test from it and drop it.
 #   3. installs the test peers (tests/peers: npm packages, chromium for playwright), but only if
 #      tests/peers/package.json exists and only what is missing.
-#   4. runs cargo fmt --check, cargo clippy (-D warnings) and cargo test --all-targets, stopping at
+#   4. runs cargo fmt --check, cargo clippy (-D warnings), cargo test --all-targets and the browser
+#      tests (node --test tests/peers/, chromium via playwright-core), stopping at
 #      the first failure.
 #   5. when everything passed, drops the test databases again and prints the total time.
 #
@@ -214,6 +215,10 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets"
 cargo test --all-targets
+
+# The browser tests drive `twokey demo` (built by the step above) in chromium.
+step "browser tests (node --test tests/peers/)"
+TWOKEY_BIN="$PWD/target/debug/twokey" node --test tests/peers/
 
 step "clean up"
 if [ "$manage_local_pg" -eq 1 ]; then
