@@ -561,8 +561,26 @@ impl Service {
                     .await?;
             }
             _ => {
-                self.queue_watchers(&mut tx, &req, &format!("approval:{}", p.id))
-                    .await?;
+                // One approval of several: tell the watchers who (one mail per approver).
+                if let Some(guard) = self.guard(&req.guard) {
+                    for w in &guard.watchers {
+                        let key = format!(
+                            "mail:{}:watcher:approval:{}:{}",
+                            req.request_id,
+                            p.id,
+                            w.to_lowercase()
+                        );
+                        self.queue_mail(
+                            &mut tx,
+                            MailKind::Watcher,
+                            &req,
+                            w,
+                            json!({ "event": "approval", "by": p.email }),
+                            key,
+                        )
+                        .await?;
+                    }
+                }
             }
         }
         tx.commit().await?;
