@@ -21,6 +21,42 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     addr: SocketAddr,
+    /// Held while serving on SQLite: one process per database file.
+    _sqlite_lock: Option<std::fs::File>,
+}
+
+/// Take an exclusive lock next to a SQLite database file, or say who has it.
+///
+/// SECURITY: two processes on one SQLite file would each run a worker and a sweep, and SQLite
+/// gives no row locks to share the jobs safely; PostgreSQL is the way to run several.
+fn lock_sqlite(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {lock_path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another twokey process is already serving the SQLite database {path} (lock {lock_path}); \
+             SQLite allows one process — stop the other one, or use PostgreSQL to run several"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {lock_path}"))
+        }
+    }
 }
 
 impl App {
@@ -31,6 +67,7 @@ impl App {
 
     /// Build with a given clock (tests move time with a `ManualClock`).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let sqlite_lock = lock_sqlite(config.database.url.expose())?;
         let store = Store::connect(
             config.database.url.expose(),
             config.database.max_connections,
@@ -61,6 +98,7 @@ impl App {
                 worker_alive: Arc::new(AtomicBool::new(false)),
             },
             addr,
+            _sqlite_lock: sqlite_lock,
         })
     }
 

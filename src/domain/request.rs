@@ -673,6 +673,27 @@ mod tests {
     }
 
     #[test]
+    fn a_vault_two_guards_cover_must_name_its_guard() {
+        let mut second = guard(1, false, &["user:carol@x.io"]);
+        second.name = "weaker".into();
+        let guards = [
+            guard(2, false, &["user:bob@x.io", "user:carol@x.io"]),
+            second,
+        ];
+        let alice = person("a", "alice@x.io", &[]);
+        let field =
+            match validate_new_request(&input(reversible_rsv_op().key), &guards, &alice, now()) {
+                Err(DomainError::Invalid { field, .. }) => field,
+                other => panic!("expected refusal, got {other:?}"),
+            };
+        assert_eq!(field, "guard");
+        let mut named = input(reversible_rsv_op().key);
+        named.guard = Some("g".into());
+        let (v, g) = validate_new_request(&named, &guards, &alice, now()).unwrap();
+        assert_eq!((v.guard.as_str(), g.required_approvals), ("g", 2));
+    }
+
+    #[test]
     fn a_request_nobody_else_could_approve_is_refused_up_front() {
         let g = [guard(1, false, &["user:alice@x.io"])];
         let alice = person("a", "Alice+ops@X.io", &[]);
