@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::oidc::Oidc;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{AppState, router};
@@ -75,6 +76,12 @@ impl App {
         .await
         .context("connecting to the database")?;
         store.migrate().await.context("applying migrations")?;
+        let oidc = match &config.auth.oidc {
+            Some(cfg) => Some(Arc::new(
+                Oidc::new(cfg.clone(), clock.clone()).context("setting up OpenID Connect")?,
+            )),
+            None => None,
+        };
         let svc = Service::new(store, Arc::new(config), clock).map_err(anyhow::Error::msg)?;
         let voided = svc
             .load_policies()
@@ -96,6 +103,7 @@ impl App {
             state: AppState {
                 svc,
                 worker_alive: Arc::new(AtomicBool::new(false)),
+                oidc,
             },
             addr,
             _sqlite_lock: sqlite_lock,
@@ -119,6 +127,11 @@ impl App {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        if let Some(oidc) = self.state.oidc.clone() {
+            // Discover the issuer now so the first sign-in is quick; a failure is only logged
+            // (sign-in retries discovery and says when the issuer cannot be reached).
+            tokio::spawn(async move { oidc.warm_up().await });
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker = if self.state.svc.config.jobs.enabled {
             let w = Worker::new(

@@ -67,11 +67,29 @@ pub struct RawAuth {
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
     pub client_secret_file: Option<PathBuf>,
+    /// `client_secret_post` (default) or `client_secret_basic`.
+    pub client_auth_method: Option<String>,
+    /// Scopes asked for at sign-in; default `["openid", "profile", "email"]`.
+    pub scopes: Option<Vec<String>>,
+    /// The `aud` that API bearer tokens must carry; unset = no bearer tokens.
+    pub api_audience: Option<String>,
+    /// Which claims carry what (defaults fit Microsoft Entra ID).
+    pub claims: RawClaims,
     pub session_idle: Option<String>,
     pub session_absolute: Option<String>,
     pub dev_users: Vec<RawDevUser>,
     pub auditors: Vec<String>,
     pub admins: Vec<String>,
+}
+
+/// `[auth.claims]`: claim names, each env-settable as `TWOKEY_AUTH_CLAIMS_<KEY>`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClaims {
+    pub email: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub object_id: Option<String>,
+    pub name: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -174,11 +192,61 @@ pub enum AuthMode {
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    /// Set exactly when `mode` is `Oidc`.
+    pub oidc: Option<OidcConfig>,
     pub session_idle: Duration,
     pub session_absolute: Duration,
     pub dev_users: Vec<DevUser>,
     pub auditors: Vec<Subject>,
     pub admins: Vec<Subject>,
+}
+
+/// How twokey authenticates itself at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    /// `client_id` and `client_secret` in the form body (RFC 6749 §2.3.1, second form).
+    Post,
+    /// HTTP Basic with the URL-encoded id and secret.
+    Basic,
+}
+
+/// OpenID Connect sign-in and API bearer tokens, validated.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The issuer identifier exactly as configured (it must equal the `iss` of every token).
+    pub issuer: String,
+    pub client_id: String,
+    /// `None`: a public client (PKCE only), for issuers that allow it.
+    pub client_secret: Option<Secret>,
+    pub client_auth: ClientAuthMethod,
+    pub scopes: Vec<String>,
+    /// `{server.public_url}/auth/callback`.
+    pub redirect_url: url::Url,
+    /// The audience API bearer tokens must carry; `None` refuses bearer tokens.
+    pub api_audience: Option<String>,
+    pub claims: ClaimNames,
+}
+
+/// Which claims of an ID token or access token carry the principal's attributes. The first
+/// claim in a list that holds a usable value wins (for groups: all listed claims are merged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimNames {
+    pub email: Vec<String>,
+    pub groups: Vec<String>,
+    pub object_id: String,
+    pub name: Vec<String>,
+}
+
+impl Default for ClaimNames {
+    /// Microsoft Entra ID's names.
+    fn default() -> Self {
+        Self {
+            email: vec!["email".into(), "preferred_username".into(), "upn".into()],
+            groups: vec!["groups".into(), "roles".into()],
+            object_id: "oid".into(),
+            name: vec!["name".into()],
+        }
+    }
 }
 
 /// A person the dev sign-in offers.
@@ -257,12 +325,24 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Map `database_url` → `database.url`: the first `_` after a known section becomes a dot.
+/// Tables inside a section; `TWOKEY_AUTH_CLAIMS_EMAIL` → `auth.claims.email`.
+const SUBSECTIONS: &[(&str, &str)] = &[("auth", "claims")];
+
+/// Map `database_url` → `database.url`: the first `_` after a known section becomes a dot
+/// (and, for a known sub-table, the first `_` after it too).
 fn env_key(key: &str) -> String {
     for s in SECTIONS {
         if let Some(rest) = key.strip_prefix(s).and_then(|r| r.strip_prefix('_'))
             && !rest.is_empty()
         {
+            for (sec, sub) in SUBSECTIONS {
+                if sec == s
+                    && let Some(leaf) = rest.strip_prefix(sub).and_then(|r| r.strip_prefix('_'))
+                    && !leaf.is_empty()
+                {
+                    return format!("{s}.{sub}.{leaf}");
+                }
+            }
             return format!("{s}.{rest}");
         }
     }
@@ -306,7 +386,7 @@ impl RawConfig {
     }
 
     /// Validate everything and collect every problem.
-    pub fn validate(self) -> Result<Config, ConfigErrors> {
+    pub fn validate(mut self) -> Result<Config, ConfigErrors> {
         let mut p = Problems::default();
 
         let bind = self.server.bind.as_deref().unwrap_or("127.0.0.1:8080");
@@ -370,23 +450,16 @@ impl RawConfig {
                 format!("`dev` sign-in refuses to listen on the non-loopback address {bind}"),
             );
         }
-        if mode == AuthMode::Oidc {
-            if self.auth.issuer.is_none() {
-                p.push("auth.issuer", "is required with auth.mode = \"oidc\"");
-            }
-            if self.auth.client_id.is_none() {
-                p.push("auth.client_id", "is required with auth.mode = \"oidc\"");
-            }
-            let _ = p.secret(
-                "auth.client_secret",
-                self.auth.client_secret,
-                self.auth.client_secret_file,
-            );
-            p.push(
-                "auth.mode",
-                "OpenID Connect sign-in is not in this build yet; only `dev` (twokey demo) works",
-            );
-        }
+        let oidc = if mode == AuthMode::Oidc {
+            validate_oidc(
+                &mut p,
+                &mut self.auth,
+                self.server.public_url.is_some(),
+                &public_url,
+            )
+        } else {
+            None
+        };
         let session_idle = p
             .duration("auth.session_idle", self.auth.session_idle.as_deref(), "8h")
             .unwrap_or(Duration::from_secs(8 * 3600));
@@ -542,6 +615,7 @@ impl RawConfig {
             },
             auth: AuthConfig {
                 mode,
+                oidc,
                 session_idle,
                 session_absolute,
                 dev_users,
@@ -607,6 +681,155 @@ pub fn smtp_url_for_lettre(raw: &str) -> Result<String, String> {
         (other, _) => return Err(format!("scheme `{other}` is not smtp or smtps")),
     }
     Ok(u.to_string())
+}
+
+/// A URL whose host is a loopback address or `localhost` (plain http is allowed there only).
+fn is_loopback_url(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn validate_oidc(
+    p: &mut Problems,
+    auth: &mut RawAuth,
+    public_url_given: bool,
+    public_url: &url::Url,
+) -> Option<OidcConfig> {
+    let before = p.0.len();
+    let issuer = match auth.issuer.take() {
+        None => {
+            p.push("auth.issuer", "is required with auth.mode = \"oidc\"");
+            None
+        }
+        Some(i) => match url::Url::parse(&i) {
+            Err(e) => {
+                p.push("auth.issuer", format!("`{i}` is not a URL: {e}"));
+                None
+            }
+            // SECURITY: discovery, keys and tokens come from the issuer; over plain http anyone
+            // on the path could sign people in as anybody. http is for a local test issuer only.
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback_url(&u)) => {
+                if u.query().is_some() || u.fragment().is_some() {
+                    p.push("auth.issuer", "must not have a query or fragment");
+                }
+                Some(i)
+            }
+            Ok(_) => {
+                p.push(
+                    "auth.issuer",
+                    format!("`{i}` must be an https URL (http only for a loopback test issuer)"),
+                );
+                None
+            }
+        },
+    };
+    let client_id = match auth.client_id.take() {
+        Some(c) if !c.trim().is_empty() => Some(c.trim().to_string()),
+        _ => {
+            p.push("auth.client_id", "is required with auth.mode = \"oidc\"");
+            None
+        }
+    };
+    let client_secret = p.secret(
+        "auth.client_secret",
+        auth.client_secret.take(),
+        auth.client_secret_file.take(),
+    );
+    if client_secret.as_ref().is_some_and(|s| s.is_empty()) {
+        p.push("auth.client_secret", "is empty");
+    }
+    let client_auth = match auth.client_auth_method.as_deref() {
+        None | Some("client_secret_post") => ClientAuthMethod::Post,
+        Some("client_secret_basic") => ClientAuthMethod::Basic,
+        Some(o) => {
+            p.push(
+                "auth.client_auth_method",
+                format!("`{o}` is not one of client_secret_post, client_secret_basic"),
+            );
+            ClientAuthMethod::Post
+        }
+    };
+    let scopes = auth
+        .scopes
+        .take()
+        .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]);
+    if !scopes.iter().any(|s| s == "openid") {
+        p.push("auth.scopes", "must include \"openid\"");
+    }
+    if scopes
+        .iter()
+        .any(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        p.push("auth.scopes", "each scope must be one word");
+    }
+    if !public_url_given {
+        p.push(
+            "server.public_url",
+            "is required with auth.mode = \"oidc\": the redirect URI {public_url}/auth/callback is derived from it",
+        );
+    } else if public_url.scheme() != "https" && !is_loopback_url(public_url) {
+        // SECURITY: session cookies are only `Secure` over https; a sign-in served over plain
+        // http off-loopback would hand every session to the network.
+        p.push(
+            "server.public_url",
+            "must be https with auth.mode = \"oidc\" (http only on a loopback address)",
+        );
+    }
+    let redirect_url = {
+        let mut u = public_url.clone();
+        let base = public_url.path().trim_end_matches('/').to_string();
+        u.set_path(&format!("{base}/auth/callback"));
+        u.set_query(None);
+        u.set_fragment(None);
+        u
+    };
+    let api_audience = match auth.api_audience.take() {
+        Some(a) if a.trim().is_empty() => {
+            p.push(
+                "auth.api_audience",
+                "is empty (leave it unset to refuse bearer tokens)",
+            );
+            None
+        }
+        a => a.map(|a| a.trim().to_string()),
+    };
+    let d = ClaimNames::default();
+    let names = |p: &mut Problems, key: &str, v: Option<Vec<String>>, dflt: Vec<String>| {
+        let v = v.unwrap_or(dflt);
+        if v.is_empty() || v.iter().any(|c| c.trim().is_empty()) {
+            p.push(key, "must name at least one claim, and no empty names");
+        }
+        v
+    };
+    let claims = ClaimNames {
+        email: names(p, "auth.claims.email", auth.claims.email.take(), d.email),
+        groups: names(p, "auth.claims.groups", auth.claims.groups.take(), d.groups),
+        object_id: {
+            let o = auth.claims.object_id.take().unwrap_or(d.object_id);
+            if o.trim().is_empty() {
+                p.push("auth.claims.object_id", "must name a claim");
+            }
+            o
+        },
+        name: names(p, "auth.claims.name", auth.claims.name.take(), d.name),
+    };
+    if p.0.len() != before {
+        return None;
+    }
+    Some(OidcConfig {
+        issuer: issuer?,
+        client_id: client_id?,
+        client_secret,
+        client_auth,
+        scopes,
+        redirect_url,
+        api_audience,
+        claims,
+    })
 }
 
 fn minutes(d: Duration) -> u32 {

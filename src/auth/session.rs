@@ -31,12 +31,25 @@ pub struct Session {
     pub hash: String,
     pub csrf_token: String,
     pub principal: Option<Principal>,
+    /// Something the person should know about this sign-in (e.g. why it carries no groups).
+    pub notice: Option<String>,
 }
 
 /// Start a new session (anonymous, or for `principal`); returns the cookie value.
 pub async fn start(
     store: &Store,
     principal: Option<&Principal>,
+    now: OffsetDateTime,
+    absolute: std::time::Duration,
+) -> StoreResult<(String, Session)> {
+    start_with_notice(store, principal, None, now, absolute).await
+}
+
+/// [`start`], with a notice kept on the session (shown by `GET /api/v1/session`).
+pub async fn start_with_notice(
+    store: &Store,
+    principal: Option<&Principal>,
+    notice: Option<&str>,
     now: OffsetDateTime,
     absolute: std::time::Duration,
 ) -> StoreResult<(String, Session)> {
@@ -52,6 +65,7 @@ pub async fn start(
         created_at: timefmt::fmt(now),
         last_seen_at: timefmt::fmt(now),
         expires_at: timefmt::fmt(now + Duration::seconds(absolute.as_secs() as i64)),
+        notice: notice.map(str::to_string),
     };
     store.insert_session(&row).await?;
     Ok((
@@ -60,6 +74,7 @@ pub async fn start(
             hash,
             csrf_token: csrf,
             principal: principal.cloned(),
+            notice: notice.map(str::to_string),
         },
     ))
 }
@@ -112,5 +127,6 @@ pub async fn load(
         hash,
         csrf_token: row.csrf_token,
         principal,
+        notice: row.notice,
     }))
 }

@@ -43,7 +43,10 @@ pub async fn get_session(State(state): State<AppState>, me: ApiCaller) -> Json<V
     Json(json!({
         "principal": { "id": p.id, "email": p.email, "name": p.name, "azure_object_id": p.azure_object_id, "groups": p.groups },
         "roles": roles,
-        "csrf_token": me.session.csrf_token,
+        "auth": if me.session.is_some() { "session" } else { "bearer" },
+        // A bearer call needs no CSRF token, and has none.
+        "csrf_token": me.session.as_ref().map(|s| s.csrf_token.clone()),
+        "notice": me.notice,
     }))
 }
 

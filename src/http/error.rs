@@ -15,6 +15,10 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<&'static str>,
+    /// For 401s to bearer calls: the RFC 6750 `error` of the `WWW-Authenticate` challenge.
+    pub challenge: Option<&'static str>,
+    /// A machine-readable reason beside `code` (e.g. why a token was refused).
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -24,7 +28,17 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            challenge: None,
+            reason: None,
         }
+    }
+    pub fn with_challenge(mut self, error: &'static str) -> Self {
+        self.challenge = Some(error);
+        self
+    }
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
     pub fn unauthenticated() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in first")
@@ -45,6 +59,8 @@ impl ApiError {
             code: "invalid_input",
             message: format!("{field}: {}", message.into()),
             field: Some(field),
+            challenge: None,
+            reason: None,
         }
     }
     pub fn internal() -> Self {
@@ -62,7 +78,19 @@ impl IntoResponse for ApiError {
         if let Some(f) = self.field {
             body["error"]["field"] = json!(f);
         }
-        (self.status, Json(body)).into_response()
+        if let Some(r) = self.reason {
+            body["error"]["reason"] = json!(r);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(e) = self.challenge
+            && let Ok(v) = axum::http::HeaderValue::from_str(&format!(
+                "Bearer realm=\"twokey\", error=\"{e}\""
+            ))
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, v);
+        }
+        resp
     }
 }
 

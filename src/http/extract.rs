@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::bearer::{self, BearerRejection};
+use crate::auth::oidc;
 use crate::auth::session::{self, COOKIE_NAME, Session};
 use crate::secret::constant_time_eq;
 use crate::service::Caller;
@@ -74,14 +76,19 @@ impl FromRequestParts<AppState> for MaybeSession {
     }
 }
 
-/// A signed-in caller of the JSON API.
+/// A signed-in caller of the JSON API: a browser session, or an `Authorization: Bearer` token.
 ///
 /// SECURITY: with a cookie session, every state-changing method must carry `X-CSRF-Token`
 /// equal to the session's token (compared in constant time); GET and HEAD never change state.
+/// A bearer token is not sent by browsers on their own, so bearer calls need no CSRF token;
+/// when an `Authorization` header is present the cookie is ignored entirely.
 #[derive(Debug, Clone)]
 pub struct ApiCaller {
     pub caller: Caller,
-    pub session: Session,
+    /// The browser session; `None` for a bearer-token call.
+    pub session: Option<Session>,
+    /// What to tell the caller about this sign-in (e.g. a groups overage).
+    pub notice: Option<String>,
 }
 
 impl FromRequestParts<AppState> for ApiCaller {
@@ -90,17 +97,11 @@ impl FromRequestParts<AppState> for ApiCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if parts
-            .headers
-            .contains_key(axum::http::header::AUTHORIZATION)
-        {
-            // The bearer-token seam: OpenID Connect access tokens are verified here once that
-            // lands. Until then a bearer token is refused rather than ignored.
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unsupported_auth",
-                "bearer tokens are not accepted by this build; use a browser session",
-            ));
+        let origin = Origin::from_request_parts(parts, state)
+            .await
+            .unwrap_or_default();
+        if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+            return bearer_caller(h, state, origin).await;
         }
         let MaybeSession(session) = MaybeSession::from_request_parts(parts, state).await?;
         let Some(session) = session else {
@@ -119,18 +120,82 @@ impl FromRequestParts<AppState> for ApiCaller {
                 return Err(ApiError::csrf());
             }
         }
-        let origin = Origin::from_request_parts(parts, state)
-            .await
-            .unwrap_or_default();
         Ok(Self {
             caller: Caller {
                 principal,
                 ip: origin.ip,
                 user_agent: origin.user_agent,
             },
-            session,
+            notice: session.notice.clone(),
+            session: Some(session),
         })
     }
+}
+
+/// Verify an `Authorization: Bearer` header and map it to a principal.
+async fn bearer_caller(
+    h: &axum::http::HeaderValue,
+    state: &AppState,
+    origin: Origin,
+) -> Result<ApiCaller, ApiError> {
+    let Some(oidc) = state.oidc.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unsupported_auth",
+            "bearer tokens need auth.mode = \"oidc\"; this server signs in with the dev sign-in only",
+        ));
+    };
+    let token = h
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request",
+                "the Authorization header must be `Bearer <token>`",
+            )
+            .with_challenge("invalid_request")
+        })?;
+    let svc = &state.svc;
+    let identity = match bearer::verify(oidc, token, svc.now()).await {
+        Ok(i) => i,
+        Err(why) => {
+            // SECURITY: logged, not written to the audit chain: unauthenticated callers could
+            // otherwise grow the audit log (and serialize its writers) at will. Never the token.
+            tracing::info!(reason = why.code(), ip = ?origin.ip, "bearer token refused");
+            if why == BearerRejection::Unavailable {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "issuer_unavailable",
+                    why.to_string(),
+                ));
+            }
+            return Err(
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", why.to_string())
+                    .with_challenge("invalid_token")
+                    .with_reason(why.code()),
+            );
+        }
+    };
+    let principal = oidc::principal_for(&svc.store, &identity, svc.now())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "recording a bearer principal");
+            ApiError::internal()
+        })?;
+    Ok(ApiCaller {
+        caller: Caller {
+            principal,
+            ip: origin.ip,
+            user_agent: origin.user_agent,
+        },
+        session: None,
+        notice: identity.notice(),
+    })
 }
 
 /// `axum::Json` with the API's error format for bad bodies.

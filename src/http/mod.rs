@@ -32,6 +32,8 @@ pub struct AppState {
     pub svc: Service,
     /// Set by the worker loop while it runs (for `/readyz`).
     pub worker_alive: Arc<AtomicBool>,
+    /// The OpenID Connect issuer (`auth.mode = "oidc"` only).
+    pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
 }
 
 /// The whole router.

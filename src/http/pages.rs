@@ -17,6 +17,7 @@ use serde_json::json;
 use super::AppState;
 use super::extract::{MaybeSession, Origin};
 use crate::audit::{self, Action, Actor};
+use crate::auth::oidc::{self, LoginFailure};
 use crate::auth::review_token::{ReviewClaims, TokenRejection};
 use crate::auth::session::{self, COOKIE_NAME, Session};
 use crate::config::{AuthMode, DevUser};
@@ -26,7 +27,7 @@ use crate::domain::principal::{Principal, normalize_email};
 use crate::domain::request::{NewRequestInput, RequestState, Verdict};
 use crate::secret::constant_time_eq;
 use crate::service::{Caller, Channel, RequestView, ServiceError};
-use crate::store::{NotificationRow, PrincipalRow};
+use crate::store::{NotificationRow, OidcLoginRow, PrincipalRow};
 use crate::timefmt;
 
 pub fn routes() -> Router<AppState> {
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .route("/auth/login", get(login))
+        .route("/auth/callback", get(callback))
         .route("/auth/dev", get(dev_signin_page).post(dev_signin))
         .route("/auth/logout", post(logout))
         .route(
@@ -261,6 +263,7 @@ struct NextQuery {
 async fn login(
     State(state): State<AppState>,
     MaybeSession(s): MaybeSession,
+    jar: CookieJar,
     Query(q): Query<NextQuery>,
 ) -> Response {
     let next = safe_next(q.next.as_deref());
@@ -271,16 +274,268 @@ async fn login(
                 .finish();
             Redirect::to(&format!("/auth/dev?{q}")).into_response()
         }
-        AuthMode::Oidc => message(
-            &state,
-            &s,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-in unavailable",
-            "OpenID Connect sign-in is not in this build.",
-            "bad",
-            None,
-        ),
+        AuthMode::Oidc => oidc_login(&state, s, jar, next).await,
     }
+}
+
+fn sign_in_unavailable(state: &AppState, s: &Option<Session>) -> Response {
+    message(
+        state,
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Sign-in unavailable",
+        "twokey cannot reach the identity provider right now. Try again in a minute; if it \
+         persists, tell whoever runs twokey.",
+        "bad",
+        Some(("/auth/login", "Try again")),
+    )
+}
+
+/// `GET /auth/login` with OpenID Connect: remember `state`, `nonce` and the PKCE verifier
+/// server-side, bound to this browser's session, and send the browser to the issuer.
+async fn oidc_login(
+    state: &AppState,
+    s: Option<Session>,
+    jar: CookieJar,
+    next: String,
+) -> Response {
+    let svc = &state.svc;
+    let Some(oidc) = state.oidc.clone() else {
+        return sign_in_unavailable(state, &s);
+    };
+    let now = svc.now();
+    // SECURITY: the pending sign-in belongs to one browser session (an anonymous one is
+    // started if needed), so a callback URL replayed or planted in another browser finds
+    // nothing (login CSRF), and `state` is single-use.
+    let (jar, session) = match s {
+        Some(s) => (jar, s),
+        None => match session::start(&svc.store, None, now, svc.config.auth.session_absolute).await
+        {
+            Ok((cookie, s)) => (jar.add(session_cookie(state, cookie)), s),
+            Err(e) => return service_error_page(state, &None, e.into()),
+        },
+    };
+    let start = match oidc.begin_login().await {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::warn!(error = %e, "sign-in could not start");
+            return (jar, sign_in_unavailable(state, &Some(session))).into_response();
+        }
+    };
+    if let Err(e) = svc
+        .store
+        .delete_expired_oidc_logins(&timefmt::fmt(now))
+        .await
+    {
+        tracing::warn!(error = %e, "removing expired sign-ins");
+    }
+    let row = OidcLoginRow {
+        state_hash: session::hash_token(&start.state),
+        session_hash: session.hash.clone(),
+        nonce: start.nonce,
+        pkce_verifier: start.pkce_verifier,
+        next_path: next,
+        created_at: timefmt::fmt(now),
+        expires_at: timefmt::fmt(now + oidc::LOGIN_TTL),
+    };
+    if let Err(e) = svc.store.insert_oidc_login(&row).await {
+        return service_error_page(state, &Some(session), e.into());
+    }
+    (jar, Redirect::to(start.url.as_str())).into_response()
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /auth/callback` — where the issuer sends the browser back. Signs in only when the
+/// `state` belongs to a sign-in this browser started (and is used once), the code redeems with
+/// its PKCE verifier, and the ID token passes every check. Anything else: a clear page and an
+/// `auth.failed` event with the reason (never a token or code).
+async fn callback(
+    State(state): State<AppState>,
+    MaybeSession(s): MaybeSession,
+    origin: Origin,
+    jar: CookieJar,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let svc = &state.svc;
+    if svc.config.auth.mode != AuthMode::Oidc {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Some(oidc) = state.oidc.clone() else {
+        return sign_in_unavailable(&state, &s);
+    };
+    let now = svc.now();
+    let pending = match (&s, q.state.as_deref()) {
+        (Some(sess), Some(st)) if !st.is_empty() && st.len() <= 512 => {
+            match svc
+                .store
+                .take_oidc_login(&session::hash_token(st), &sess.hash)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => return service_error_page(&state, &s, e.into()),
+            }
+        }
+        _ => None,
+    };
+    let Some(pending) = pending else {
+        return sign_in_failed(&state, &s, &origin, LoginFailure::StateMismatch).await;
+    };
+    if let Some(err) = q.error.as_deref() {
+        let failure = LoginFailure::ProviderError(oidc::clean_code(err));
+        return sign_in_failed(&state, &s, &origin, failure).await;
+    }
+    if timefmt::parse(&pending.expires_at).map_or(true, |t| t <= now) {
+        return sign_in_failed(&state, &s, &origin, LoginFailure::Expired).await;
+    }
+    let code = match q.code.as_deref() {
+        Some(c) if !c.is_empty() && c.len() <= 4096 => c,
+        _ => {
+            let failure = LoginFailure::ProviderError("no_code".into());
+            return sign_in_failed(&state, &s, &origin, failure).await;
+        }
+    };
+    let identity = match oidc
+        .finish_login(code, &pending.nonce, &pending.pkce_verifier)
+        .await
+    {
+        Ok(i) => i,
+        Err(f) => return sign_in_failed(&state, &s, &origin, f).await,
+    };
+    match sign_in_oidc(&state, &identity, &origin).await {
+        Ok((cookie, session)) => {
+            if let Some(old) = &s {
+                let _ = svc.store.delete_session(&old.hash).await;
+            }
+            let jar = jar.add(session_cookie(&state, cookie));
+            let next = safe_next(Some(&pending.next_path));
+            match session.notice.clone() {
+                // The page says why before the person goes on.
+                Some(notice) => (
+                    jar,
+                    message(
+                        &state,
+                        &Some(session),
+                        StatusCode::OK,
+                        "You are signed in, with a caveat",
+                        &notice,
+                        "warn",
+                        Some((&next, "Continue")),
+                    ),
+                )
+                    .into_response(),
+                None => (jar, Redirect::to(&next)).into_response(),
+            }
+        }
+        Err(e) => service_error_page(&state, &s, e),
+    }
+}
+
+/// Record the principal, start a fresh session (the id rotates) with the token's groups,
+/// and audit `auth.signed_in`.
+async fn sign_in_oidc(
+    state: &AppState,
+    identity: &oidc::Identity,
+    origin: &Origin,
+) -> Result<(String, Session), ServiceError> {
+    let svc = &state.svc;
+    let now = svc.now();
+    let p = oidc::principal_for(&svc.store, identity, now).await?;
+    let mut notices: Vec<String> = identity.notice().into_iter().collect();
+    if p.azure_object_id.is_none()
+        && svc
+            .config
+            .guards
+            .iter()
+            .any(|g| g.elevation.needs_object_id())
+    {
+        notices.push(
+            "Your sign-in carries no Azure object id (the oid claim), so you cannot request \
+             anything that needs a role on Azure: twokey would have no one to grant it to."
+                .into(),
+        );
+    }
+    let notice = (!notices.is_empty()).then(|| notices.join(" "));
+    let (cookie, session) = session::start_with_notice(
+        &svc.store,
+        Some(&p),
+        notice.as_deref(),
+        now,
+        svc.config.auth.session_absolute,
+    )
+    .await?;
+    let mut tx = svc.store.begin().await?;
+    audit::record(
+        &mut tx,
+        now,
+        Action::AuthSignedIn,
+        &caller(p.clone(), origin.clone()).actor(),
+        None,
+        json!({
+            "method": "oidc",
+            "issuer": identity.issuer,
+            "subject": identity.subject,
+            "groups": p.groups,
+            "groups_overage": identity.overage,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((cookie, session))
+}
+
+/// A failed callback: audit `auth.failed` with the reason, answer with a clear page.
+async fn sign_in_failed(
+    state: &AppState,
+    s: &Option<Session>,
+    origin: &Origin,
+    failure: LoginFailure,
+) -> Response {
+    let svc = &state.svc;
+    tracing::info!(reason = failure.code(), "sign-in failed");
+    let detail = match &failure {
+        LoginFailure::ProviderError(c) | LoginFailure::CodeExchange(c) => Some(c.clone()),
+        _ => None,
+    };
+    if let Ok(mut tx) = svc.store.begin().await {
+        let recorded = audit::record(
+            &mut tx,
+            svc.now(),
+            Action::AuthFailed,
+            &Actor {
+                ip: origin.ip.clone(),
+                user_agent: origin.user_agent.clone(),
+                ..Actor::default()
+            },
+            None,
+            json!({ "method": "oidc", "reason": failure.code(), "detail": detail }),
+        )
+        .await;
+        if recorded.is_ok() {
+            let _ = tx.commit().await;
+        }
+    }
+    let status = match &failure {
+        LoginFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        LoginFailure::StateMismatch | LoginFailure::Expired | LoginFailure::ProviderError(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    message(
+        state,
+        s,
+        status,
+        "Sign-in failed",
+        &format!("{failure}. Nobody was signed in."),
+        "bad",
+        Some(("/auth/login", "Start again")),
+    )
 }
 
 #[derive(Template)]
@@ -451,11 +706,26 @@ async fn logout(
     if let Some(s) = &s {
         let _ = state.svc.store.delete_session(&s.hash).await;
     }
-    (
-        jar.remove(Cookie::build(COOKIE_NAME).path("/").build()),
-        Redirect::to("/"),
-    )
-        .into_response()
+    let jar = jar.remove(Cookie::build(COOKIE_NAME).path("/").build());
+    match state.svc.config.auth.mode {
+        AuthMode::Dev => (jar, Redirect::to("/")).into_response(),
+        // Not straight back to `/`: that would go to the issuer, which (still signed in there)
+        // would sign the person straight back in.
+        AuthMode::Oidc => (
+            jar,
+            message(
+                &state,
+                &None,
+                StatusCode::OK,
+                "You are signed out",
+                "You are signed out of twokey. Your identity provider may still remember you; \
+                 on a shared computer, sign out there too.",
+                "good",
+                Some(("/auth/login", "Sign in again")),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 // ---- home and requests -------------------------------------------------------------------

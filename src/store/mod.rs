@@ -292,7 +292,7 @@ impl Store {
     pub async fn insert_session(&self, s: &SessionRow) -> StoreResult<()> {
         sqlx::query(
             "insert into session (session_hash, principal_id, csrf_token, groups, created_at, \
-             last_seen_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7)",
+             last_seen_at, expires_at, notice) values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&s.session_hash)
         .bind(&s.principal_id)
@@ -301,6 +301,7 @@ impl Store {
         .bind(&s.created_at)
         .bind(&s.last_seen_at)
         .bind(&s.expires_at)
+        .bind(&s.notice)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -309,7 +310,7 @@ impl Store {
     pub async fn get_session(&self, hash: &str) -> StoreResult<Option<SessionRow>> {
         Ok(sqlx::query_as(
             "select session_hash, principal_id, csrf_token, groups, created_at, last_seen_at, \
-             expires_at from session where session_hash = $1",
+             expires_at, notice from session where session_hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -339,6 +340,67 @@ impl Store {
             .execute(&self.pool)
             .await?
             .rows_affected())
+    }
+
+    // ---- OpenID Connect sign-ins in progress ----------------------------------------------
+
+    pub async fn insert_oidc_login(&self, l: &OidcLoginRow) -> StoreResult<()> {
+        sqlx::query(
+            "insert into oidc_login (state_hash, session_hash, nonce, pkce_verifier, next_path, \
+             created_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&l.state_hash)
+        .bind(&l.session_hash)
+        .bind(&l.nonce)
+        .bind(&l.pkce_verifier)
+        .bind(&l.next_path)
+        .bind(&l.created_at)
+        .bind(&l.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Remove and return the sign-in started with `state_hash` by the session `session_hash`.
+    ///
+    /// SECURITY: one statement deletes and returns, so of two callbacks racing with the same
+    /// `state` exactly one gets the row; and a `state` from another browser finds nothing.
+    pub async fn take_oidc_login(
+        &self,
+        state_hash: &str,
+        session_hash: &str,
+    ) -> StoreResult<Option<OidcLoginRow>> {
+        Ok(sqlx::query_as(
+            "delete from oidc_login where state_hash = $1 and session_hash = $2 returning \
+             state_hash, session_hash, nonce, pkce_verifier, next_path, created_at, expires_at",
+        )
+        .bind(state_hash)
+        .bind(session_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn delete_expired_oidc_logins(&self, now: &str) -> StoreResult<u64> {
+        Ok(sqlx::query("delete from oidc_login where expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn find_principal(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<PrincipalRow>> {
+        Ok(sqlx::query_as(
+            "select principal_id, issuer, subject, email, email_normalized, name, azure_object_id, \
+             created_at from principal where issuer = $1 and subject = $2",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     // ---- jobs ----------------------------------------------------------------------------

@@ -185,6 +185,20 @@ pub struct SessionRow {
     pub created_at: String,
     pub last_seen_at: String,
     pub expires_at: String,
+    /// Why the session's groups may surprise (e.g. a groups overage); `None` when all is plain.
+    pub notice: Option<String>,
+}
+
+/// An OpenID Connect sign-in in progress (see migration 0002).
+#[derive(Debug, Clone, FromRow)]
+pub struct OidcLoginRow {
+    pub state_hash: String,
+    pub session_hash: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub next_path: String,
+    pub created_at: String,
+    pub expires_at: String,
 }
 
 #[derive(Debug, Clone, FromRow)]
