@@ -7,6 +7,7 @@ mod hostile;
 mod jobs;
 mod lifecycle;
 mod mail;
+mod oidc;
 mod pages;
 mod review;
 mod separation;
