@@ -1194,5 +1194,88 @@ mod tests {
             env_key("auth_client_secret_file"),
             "auth.client_secret_file"
         );
+        assert_eq!(env_key("auth_claims_email"), "auth.claims.email");
+        assert_eq!(env_key("auth_claims_object_id"), "auth.claims.object_id");
+        assert_eq!(env_key("auth_api_audience"), "auth.api_audience");
+    }
+
+    fn oidc() -> RawConfig {
+        let mut raw = minimal();
+        raw.auth.mode = Some("oidc".into());
+        raw.auth.issuer = Some("https://login.microsoftonline.com/tenant/v2.0".into());
+        raw.auth.client_id = Some("00000000-0000-0000-0000-00000000c1d0".into());
+        raw.auth.client_secret = Some("s3cret".into());
+        raw.server.bind = Some("0.0.0.0:8080".into());
+        raw.server.public_url = Some("https://twokey.example.com/".into());
+        raw
+    }
+
+    #[test]
+    fn an_oidc_config_validates_with_entra_defaults() {
+        let c = oidc().validate().unwrap();
+        let o = c.auth.oidc.expect("oidc settings");
+        assert_eq!(c.auth.mode, AuthMode::Oidc);
+        assert_eq!(
+            o.redirect_url.as_str(),
+            "https://twokey.example.com/auth/callback"
+        );
+        assert_eq!(o.scopes, vec!["openid", "profile", "email"]);
+        assert_eq!(o.claims, ClaimNames::default());
+        assert_eq!(o.claims.email, vec!["email", "preferred_username", "upn"]);
+        assert_eq!(o.claims.groups, vec!["groups", "roles"]);
+        assert_eq!(o.claims.object_id, "oid");
+        assert_eq!(o.client_auth, ClientAuthMethod::Post);
+        assert_eq!(o.api_audience, None);
+        assert!(!format!("{o:?}").contains("s3cret"));
+        // A path prefix is kept in the redirect URI.
+        let mut raw = oidc();
+        raw.server.public_url = Some("https://example.com/twokey".into());
+        let o = raw.validate().unwrap().auth.oidc.unwrap();
+        assert_eq!(
+            o.redirect_url.as_str(),
+            "https://example.com/twokey/auth/callback"
+        );
+    }
+
+    #[test]
+    fn oidc_problems_are_reported_with_their_keys() {
+        let mut raw = oidc();
+        raw.auth.issuer = Some("http://idp.example.com".into());
+        raw.auth.client_id = None;
+        raw.auth.scopes = Some(vec!["profile".into()]);
+        raw.auth.client_auth_method = Some("private_key_jwt".into());
+        raw.auth.claims.email = Some(vec![]);
+        raw.server.public_url = Some("http://twokey.example.com".into());
+        let errs = raw.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "auth.issuer",
+            "auth.client_id",
+            "auth.scopes",
+            "auth.client_auth_method",
+            "auth.claims.email",
+            "server.public_url",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        // No public URL at all: the redirect URI cannot be derived.
+        let mut raw = oidc();
+        raw.server.public_url = None;
+        let errs = raw.validate().unwrap_err().0;
+        assert!(errs.iter().any(|p| p.key == "server.public_url"));
+        // A loopback test issuer and public URL over http are fine.
+        let mut raw = oidc();
+        raw.auth.issuer = Some("http://127.0.0.1:9999".into());
+        raw.server.public_url = Some("http://127.0.0.1:8080".into());
+        assert!(raw.validate().is_ok());
+    }
+
+    #[test]
+    fn dev_sign_in_refuses_a_non_loopback_bind_but_oidc_may() {
+        let mut raw = minimal();
+        raw.server.bind = Some("0.0.0.0:8080".into());
+        let errs = raw.validate().unwrap_err().0;
+        assert!(errs.iter().any(|p| p.key == "auth.mode"));
+        assert!(oidc().validate().is_ok());
     }
 }

@@ -249,6 +249,8 @@ pub enum LoginFailure {
     StateMismatch,
     #[error("this sign-in took too long; start again")]
     Expired,
+    #[error("the answer came from another identity provider than the one configured")]
+    IssuerMismatch,
     #[error("the identity provider refused to complete the sign-in ({0})")]
     CodeExchange(String),
     #[error("{0}")]
@@ -265,6 +267,7 @@ impl LoginFailure {
             Self::ProviderError(_) => "provider_error",
             Self::StateMismatch => "state_mismatch",
             Self::Expired => "login_expired",
+            Self::IssuerMismatch => "issuer_mismatch",
             Self::CodeExchange(_) => "code_exchange_failed",
             Self::IdToken(p) => p.code(),
             Self::Claims(p) => p.code(),

@@ -349,6 +349,8 @@ struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// RFC 9207: the issuer that answered (sent by issuers that support it).
+    iss: Option<String>,
 }
 
 /// `GET /auth/callback` — where the issuer sends the browser back. Signs in only when the
@@ -386,6 +388,10 @@ async fn callback(
     let Some(pending) = pending else {
         return sign_in_failed(&state, &s, &origin, LoginFailure::StateMismatch).await;
     };
+    // SECURITY: RFC 9207 mix-up defence — an answer that names another issuer is refused.
+    if q.iss.as_deref().is_some_and(|i| i != oidc.cfg.issuer) {
+        return sign_in_failed(&state, &s, &origin, LoginFailure::IssuerMismatch).await;
+    }
     if let Some(err) = q.error.as_deref() {
         let failure = LoginFailure::ProviderError(oidc::clean_code(err));
         return sign_in_failed(&state, &s, &origin, failure).await;
@@ -522,9 +528,10 @@ async fn sign_in_failed(
     }
     let status = match &failure {
         LoginFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        LoginFailure::StateMismatch | LoginFailure::Expired | LoginFailure::ProviderError(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        LoginFailure::StateMismatch
+        | LoginFailure::Expired
+        | LoginFailure::IssuerMismatch
+        | LoginFailure::ProviderError(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::UNAUTHORIZED,
     };
     message(

@@ -239,3 +239,122 @@ fn a_second_process_on_the_same_sqlite_file_is_refused() {
         "{err}"
     );
 }
+
+/// Wait for `child` at most `secs`; kill it (and fail) if it is still running.
+fn wait_at_most(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > until {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("still running after {secs}s (it should have refused to start)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_refuses_the_dev_sign_in_on_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "key",
+        "super-secret-signing-key-0123456789abcdef\n",
+    );
+    let body = GOOD
+        .replace("DIR", dir.path().to_str().unwrap())
+        .replace("127.0.0.1:0", "0.0.0.0:0");
+    let cfg = write(dir.path(), "c.toml", &body);
+    let mut child = twokey()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(&mut child, 30);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("- auth.mode:") && err.contains("non-loopback") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    // Nothing was created: it stopped before opening the database.
+    assert!(!dir.path().join("x.db").exists());
+    // The same file on loopback is accepted by check-config (the address is the only problem).
+    let ok = write(
+        dir.path(),
+        "ok.toml",
+        &GOOD.replace("DIR", dir.path().to_str().unwrap()),
+    );
+    let out = twokey()
+        .args(["check-config", "--config"])
+        .arg(&ok)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn check_config_accepts_an_oidc_config_without_reaching_the_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "key",
+        "super-secret-signing-key-0123456789abcdef\n",
+    );
+    write(dir.path(), "client-secret", "entra-client-secret~value\n");
+    let body = GOOD.replace("DIR", dir.path().to_str().unwrap()).replace(
+        r#"mode = "dev"
+dev_users = [{ email = "a@x.io", name = "A" }]"#,
+        r#"mode = "oidc"
+issuer = "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0"
+client_id = "00000000-0000-0000-0000-0000000000c1"
+client_secret_file = "DIR/client-secret"
+api_audience = "00000000-0000-0000-0000-0000000000c1"
+[auth.claims]
+groups = ["roles"]"#
+            .replace("DIR", dir.path().to_str().unwrap())
+            .as_str(),
+    );
+    let body = body.replace(
+        "[server]\nbind = \"127.0.0.1:0\"",
+        "[server]\nbind = \"0.0.0.0:0\"\npublic_url = \"https://twokey.example.com\"",
+    );
+    let cfg = write(dir.path(), "c.toml", &body);
+    let out = twokey()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("TWOKEY_AUTH_CLAIMS_EMAIL", r#"["upn"]"#)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{body}\n{text}");
+    assert!(
+        text.contains("configuration OK") && text.contains("Oidc"),
+        "{text}"
+    );
+    assert!(!text.contains("entra-client-secret"), "{text}");
+    // Without a public URL, the redirect URI cannot be derived: a config error, with its key.
+    let cfg = write(
+        dir.path(),
+        "c2.toml",
+        &body.replace("public_url = \"https://twokey.example.com\"\n", ""),
+    );
+    let out = twokey()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("- server.public_url:"), "{text}");
+}

@@ -512,7 +512,25 @@ async fn replayed_callbacks_and_codes_sign_nobody_in(b: Backend) {
     assert!(r.text().await.unwrap().contains("access_denied"));
     assert_eq!(last_failure(&app).await, "provider_error");
 
-    assert_eq!(app.audit_count("auth.failed", None).await, 5);
+    // 6. An answer naming another issuer (RFC 9207 mix-up), with a genuine state.
+    let r = other
+        .get(format!("{}/auth/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    let st = query_param(&location(&r), "state").unwrap();
+    let r = other
+        .get(format!(
+            "{}/auth/callback?code=x&state={st}&iss=https%3A%2F%2Fevil.example",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(last_failure(&app).await, "issuer_mismatch");
+
+    assert_eq!(app.audit_count("auth.failed", None).await, 6);
     assert_eq!(app.audit_count("auth.signed_in", None).await, 1);
     // No audit event holds the code.
     let rows: Vec<_> = app.svc.store.audit_stream().collect().await;
