@@ -91,6 +91,7 @@ impl KeySet {
             .filter_map(|k| {
                 let kid = k.get("kid")?.as_str()?.to_string();
                 let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value((*k).clone()).ok()?;
+                jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()?;
                 Some((kid, jwk))
             })
             .collect();
