@@ -1277,6 +1277,11 @@ mod tests {
         for f in ["oidc-client-secret", "review-key-1"] {
             std::fs::write(dir.path().join(f), "0123456789abcdef0123456789abcdef\n").unwrap();
         }
+        std::fs::write(
+            dir.path().join("smtp-url"),
+            "smtp://relay.example.com:587?tls=required\n",
+        )
+        .unwrap();
         let text = include_str!("../deploy/config.example.toml").replace(
             "/run/secrets/twokey/",
             &format!("{}/", dir.path().display()),
