@@ -61,7 +61,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-        .layer(middleware::from_fn(reject_cross_site_writes));
+        .layer(middleware::from_fn(reject_cross_site_writes))
+        .layer(middleware::from_fn(read_small_bodies_first));
     with_security_headers(app, https)
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -107,6 +108,37 @@ fn with_security_headers<S: Clone + Send + Sync + 'static>(r: Router<S>, https: 
         ))
         .layer(SetResponseHeaderLayer::overriding(HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin")))
         .layer(SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(hsts)))
+}
+
+/// Read a small request body completely before anything answers.
+///
+/// Middleware and extractors refuse requests (403 CSRF, 401 bearer, 415 …) without reading the
+/// body. hyper then closes the connection, and a client whose body was still on its way gets a
+/// broken pipe instead of the answer. A body within the API limit (declared by Content-Length) is
+/// cheap to read first; larger or chunked bodies go on unread, to the limit's 413.
+async fn read_small_bodies_first(req: Request, next: Next) -> Response {
+    let small = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > 0 && n <= API_BODY_LIMIT);
+    if !small {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, API_BODY_LIMIT).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(_) => error::ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body could not be read",
+        )
+        .into_response(),
+    }
 }
 
 /// SECURITY: a browser that says a write comes from another site (Fetch Metadata) is refused
