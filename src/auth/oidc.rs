@@ -258,7 +258,8 @@ pub enum LoginFailure {
     IdToken(IdTokenProblem),
     #[error("{0}")]
     Claims(ClaimsProblem),
-    #[error("{0}")]
+    /// The detail goes to the log, not to the page.
+    #[error("twokey cannot reach the identity provider right now; try again in a minute")]
     Unavailable(Unavailable),
 }
 
@@ -601,7 +602,9 @@ pub fn map_claims(
         .filter(|s| s.len() <= 255)
         .ok_or(ClaimsProblem::NoSubject)?
         .to_string();
-    // SECURITY: an email the issuer itself calls unverified is not an identity.
+    // SECURITY: an email the issuer itself calls unverified is not an identity. (The email
+    // still only is what the issuer says: `user:` entries trust it, which is why the README
+    // recommends `oid:` entries and app roles for approvers.)
     let email_unverified = claims.get("email_verified") == Some(&Value::Bool(false))
         || claims.get("email_verified") == Some(&Value::String("false".into()));
     let email = names

@@ -503,7 +503,10 @@ async fn sign_in_failed(
     failure: LoginFailure,
 ) -> Response {
     let svc = &state.svc;
-    tracing::info!(reason = failure.code(), "sign-in failed");
+    match &failure {
+        LoginFailure::Unavailable(e) => tracing::warn!(error = %e, "sign-in failed"),
+        _ => tracing::info!(reason = failure.code(), "sign-in failed"),
+    }
     let detail = match &failure {
         LoginFailure::ProviderError(c) | LoginFailure::CodeExchange(c) => Some(c.clone()),
         _ => None,
