@@ -271,9 +271,12 @@ impl TestApp {
 
     /// A browser-like client signed in as `email` through the dev sign-in form.
     pub async fn client_as(&self, email: &str) -> Client {
+        // No connection reuse: a server that answers early (413 before reading a 1 MiB body)
+        // closes its side, and a pooled POST racing that close fails on the client.
         let http = reqwest::Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         let page = http
