@@ -39,8 +39,7 @@ pub struct RawConfig {
     pub mail: RawMail,
     pub review: RawReview,
     pub jobs: RawJobs,
-    /// Read by the Azure elevation backends; kept as data until they validate it.
-    pub azure: BTreeMap<String, serde_json::Value>,
+    pub azure: RawAzure,
     pub guards: Vec<RawGuard>,
 }
 
@@ -136,6 +135,39 @@ pub struct RawJobs {
     pub sweep_interval: Option<String>,
 }
 
+/// `[azure]`: how twokey reaches Azure Resource Manager for the `azure-pim` and `azure-rbac`
+/// elevation backends. Only checked when a guard uses one of them.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAzure {
+    /// The broker identity's home tenant (GUID or `contoso.onmicrosoft.com`).
+    pub tenant_id: Option<String>,
+    /// `client-secret` | `workload-identity` | `managed-identity`.
+    pub credential: Option<String>,
+    /// The app registration's client id (managed identity: a user-assigned identity's client id).
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    /// Workload identity: the projected service-account token (AKS sets AZURE_FEDERATED_TOKEN_FILE).
+    pub federated_token_file: Option<PathBuf>,
+    /// Managed identity on a VM/VMSS: the instance metadata service.
+    pub managed_identity_endpoint: Option<String>,
+    pub arm_endpoint: Option<String>,
+    pub authority_host: Option<String>,
+    /// Whole-request timeout for one ARM or token call.
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    /// How often a throttled (429) or failing (5xx) call is tried again inside one job run.
+    pub max_retries: Option<u32>,
+    /// The longest `Retry-After` twokey waits in place; a longer one ends the job run and the
+    /// job retries later.
+    pub max_retry_wait: Option<String>,
+    /// How long a long-running operation is polled before the job tries again later.
+    pub lro_timeout: Option<String>,
+    /// How often the reconciler compares grants in the database with Azure.
+    pub reconcile_interval: Option<String>,
+}
+
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawGuard {
@@ -154,6 +186,13 @@ pub struct RawGuard {
     pub elevation: Option<String>,
     pub role_definition_id: Option<String>,
     pub approver_sign_in: Option<String>,
+    /// The guard's tenant, when it differs from `azure.tenant_id` (Microsoft's recommended
+    /// set-up keeps the guard in a separate tenant).
+    pub tenant_id: Option<String>,
+    /// The credential kind for this guard's tenant (default: `azure.credential`).
+    pub credential: Option<String>,
+    /// The client id for this guard's tenant (default: `azure.client_id`).
+    pub client_id: Option<String>,
 }
 
 // ---- validated shapes ----------------------------------------------------------------------
@@ -168,6 +207,72 @@ pub struct Config {
     pub review: ReviewConfig,
     pub jobs: JobsConfig,
     pub guards: Vec<GuardPolicy>,
+    /// Present when a guard uses an Azure elevation backend.
+    pub azure: Option<AzureConfig>,
+}
+
+/// How an Azure credential gets its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An app registration's client secret (client-credentials grant).
+    ClientSecret,
+    /// A federated token from a file exchanged for an Entra token (AKS workload identity).
+    WorkloadIdentity,
+    /// The host's managed identity (IMDS, or App Service's identity endpoint).
+    ManagedIdentity,
+}
+
+impl CredentialKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client-secret" => Some(Self::ClientSecret),
+            "workload-identity" => Some(Self::WorkloadIdentity),
+            "managed-identity" => Some(Self::ManagedIdentity),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecret => "client-secret",
+            Self::WorkloadIdentity => "workload-identity",
+            Self::ManagedIdentity => "managed-identity",
+        }
+    }
+}
+
+/// One identity in one tenant.
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub kind: CredentialKind,
+    pub tenant_id: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub federated_token_file: Option<PathBuf>,
+    pub managed_identity_endpoint: url::Url,
+}
+
+/// The validated `[azure]` section, with each Azure guard's credential resolved.
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    /// The broker's home-tenant credential (vault-side reads).
+    pub home: CredentialConfig,
+    pub arm_endpoint: url::Url,
+    pub authority_host: url::Url,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub max_retry_wait: Duration,
+    pub lro_timeout: Duration,
+    pub reconcile_interval: Duration,
+    /// Per guard name: the credential for calls at the guard's scope.
+    pub guards: BTreeMap<String, CredentialConfig>,
+}
+
+impl AzureConfig {
+    /// The credential for calls at `guard`'s scope (the home one when not overridden).
+    pub fn credential_for(&self, guard: &str) -> &CredentialConfig {
+        self.guards.get(guard).unwrap_or(&self.home)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -589,8 +694,17 @@ impl RawConfig {
         };
 
         let mut guards: Vec<GuardPolicy> = Vec::new();
+        let mut overrides = Vec::new();
         for (i, g) in self.guards.into_iter().enumerate() {
+            let o = GuardAzureOverride {
+                index: i,
+                name: g.name.clone(),
+                tenant_id: g.tenant_id.clone(),
+                credential: g.credential.clone(),
+                client_id: g.client_id.clone(),
+            };
             if let Some(g) = validate_guard(&mut p, i, g) {
+                overrides.push((o, g.elevation));
                 if guards.iter().any(|o| o.name == g.name) {
                     p.push(
                         &format!("guards[{i}].name"),
@@ -603,6 +717,7 @@ impl RawConfig {
         if guards.is_empty() {
             p.push("guards", "at least one guard is required");
         }
+        let azure = validate_azure(&mut p, self.azure, &overrides);
 
         if !p.0.is_empty() {
             return Err(ConfigErrors(p.0));
@@ -631,6 +746,7 @@ impl RawConfig {
             review: ReviewConfig { keys },
             jobs,
             guards,
+            azure,
         })
     }
 }
@@ -962,15 +1078,6 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
             b
         }
     };
-    if matches!(
-        elevation,
-        Some(ElevationBackend::AzurePim | ElevationBackend::AzureRbac)
-    ) {
-        p.push(
-            &key("elevation"),
-            "the Azure elevation backends are not in this build yet; use `simulated`",
-        );
-    }
     let role_definition_id = g
         .role_definition_id
         .clone()
@@ -1008,6 +1115,262 @@ fn validate_guard(p: &mut Problems, i: usize, g: RawGuard) -> Option<GuardPolicy
         elevation: elevation?,
         role_definition_id: role_definition_id.to_ascii_lowercase(),
         approver_sign_in,
+    })
+}
+
+/// A guard's own Azure keys, kept aside while the guard itself is validated.
+struct GuardAzureOverride {
+    index: usize,
+    name: String,
+    tenant_id: Option<String>,
+    credential: Option<String>,
+    client_id: Option<String>,
+}
+
+/// A tenant as Entra takes it in a token URL: a GUID or a verified domain name.
+fn plausible_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 256
+        && t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// An http(s) endpoint URL. SECURITY: plain http only towards this machine (tests, the
+/// metadata service's fixed link-local address), never to a remote ARM or authority.
+fn endpoint(p: &mut Problems, key: &str, raw: Option<&str>, default: &str) -> url::Url {
+    let raw = raw.unwrap_or(default);
+    let parsed = url::Url::parse(raw)
+        .map_err(|e| format!("`{raw}` is not a URL ({e})"))
+        .and_then(|u| {
+            let local = match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            match u.scheme() {
+                "https" if u.host().is_some() => Ok(u),
+                "http" if local => Ok(u),
+                "http" => Err(format!(
+                    "`{raw}` must use https (plain http is only allowed to loopback addresses)"
+                )),
+                _ => Err(format!("`{raw}` is not an http(s) URL with a host")),
+            }
+        });
+    p.check(key, parsed)
+        .unwrap_or_else(|| url::Url::parse(default).expect("static url"))
+}
+
+fn validate_azure(
+    p: &mut Problems,
+    a: RawAzure,
+    guards: &[(GuardAzureOverride, ElevationBackend)],
+) -> Option<AzureConfig> {
+    let azure_guards: Vec<&GuardAzureOverride> = guards
+        .iter()
+        .filter(|(_, e)| e.needs_object_id())
+        .map(|(o, _)| o)
+        .collect();
+    for (o, _) in guards.iter().filter(|(_, e)| !e.needs_object_id()) {
+        if o.tenant_id.is_some() || o.credential.is_some() || o.client_id.is_some() {
+            p.push(
+                &format!("guards[{}].tenant_id", o.index),
+                "tenant_id, credential and client_id only apply to the azure-pim and azure-rbac backends",
+            );
+        }
+    }
+    if azure_guards.is_empty() {
+        return None;
+    }
+    let before = p.0.len();
+    let tenant_id = match a.tenant_id.as_deref() {
+        Some(t) if plausible_tenant(t) => t.to_string(),
+        Some(t) => {
+            p.push("azure.tenant_id", format!("`{t}` is not a tenant id or domain"));
+            String::new()
+        }
+        None => {
+            p.push(
+                "azure.tenant_id",
+                "is required when a guard uses azure-pim or azure-rbac (the broker identity's tenant)",
+            );
+            String::new()
+        }
+    };
+    let kind = match a.credential.as_deref() {
+        Some(c) => CredentialKind::parse(c).or_else(|| {
+            p.push(
+                "azure.credential",
+                format!("`{c}` is not one of client-secret, workload-identity, managed-identity"),
+            );
+            None
+        }),
+        None => {
+            p.push(
+                "azure.credential",
+                "is required: client-secret, workload-identity or managed-identity",
+            );
+            None
+        }
+    };
+    let client_secret = p.secret(
+        "azure.client_secret",
+        a.client_secret.clone(),
+        a.client_secret_file.clone(),
+    );
+    // Workload identity on AKS: the webhook injects these; the config may leave them out.
+    let federated_token_file = a.federated_token_file.clone().or_else(|| {
+        std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from)
+    });
+    let default_client_id = a
+        .client_id
+        .clone()
+        .or_else(|| match kind {
+            Some(CredentialKind::WorkloadIdentity) => std::env::var("AZURE_CLIENT_ID").ok(),
+            _ => None,
+        });
+    let mi_endpoint = endpoint(
+        p,
+        "azure.managed_identity_endpoint",
+        a.managed_identity_endpoint.as_deref(),
+        "http://169.254.169.254",
+    );
+    let arm_endpoint = endpoint(
+        p,
+        "azure.arm_endpoint",
+        a.arm_endpoint.as_deref(),
+        "https://management.azure.com",
+    );
+    let authority_host = endpoint(
+        p,
+        "azure.authority_host",
+        a.authority_host.as_deref(),
+        "https://login.microsoftonline.com",
+    );
+    let cred = |p: &mut Problems,
+                    key: &str,
+                    kind: CredentialKind,
+                    tenant: &str,
+                    client_id: Option<String>|
+     -> CredentialConfig {
+        match kind {
+            CredentialKind::ClientSecret => {
+                if client_id.is_none() {
+                    p.push(&format!("{key}client_id"), "is required with credential = \"client-secret\"");
+                }
+                if client_secret.is_none() {
+                    p.push(
+                        "azure.client_secret",
+                        "is required with credential = \"client-secret\" (or azure.client_secret_file)",
+                    );
+                }
+            }
+            CredentialKind::WorkloadIdentity => {
+                if client_id.is_none() {
+                    p.push(
+                        &format!("{key}client_id"),
+                        "is required with credential = \"workload-identity\" (or AZURE_CLIENT_ID)",
+                    );
+                }
+                if federated_token_file.is_none() {
+                    p.push(
+                        "azure.federated_token_file",
+                        "is required with credential = \"workload-identity\" (or AZURE_FEDERATED_TOKEN_FILE)",
+                    );
+                }
+            }
+            CredentialKind::ManagedIdentity => {}
+        }
+        CredentialConfig {
+            kind,
+            tenant_id: tenant.to_string(),
+            client_id,
+            client_secret: client_secret.clone(),
+            federated_token_file: federated_token_file.clone(),
+            managed_identity_endpoint: mi_endpoint.clone(),
+        }
+    };
+    let home = kind.map(|k| cred(p, "azure.", k, &tenant_id, default_client_id.clone()));
+    let mut per_guard = BTreeMap::new();
+    for o in azure_guards {
+        if o.tenant_id.is_none() && o.credential.is_none() && o.client_id.is_none() {
+            continue;
+        }
+        let key = format!("guards[{}].", o.index);
+        let tenant = match o.tenant_id.as_deref() {
+            Some(t) if plausible_tenant(t) => t.to_string(),
+            Some(t) => {
+                p.push(&format!("{key}tenant_id"), format!("`{t}` is not a tenant id or domain"));
+                continue;
+            }
+            None => tenant_id.clone(),
+        };
+        let gkind = match o.credential.as_deref() {
+            Some(c) => match CredentialKind::parse(c) {
+                Some(k) => k,
+                None => {
+                    p.push(
+                        &format!("{key}credential"),
+                        format!("`{c}` is not one of client-secret, workload-identity, managed-identity"),
+                    );
+                    continue;
+                }
+            },
+            None => match kind {
+                Some(k) => k,
+                None => continue,
+            },
+        };
+        // SECURITY: a managed identity lives in one tenant and cannot get a token for another
+        // (CONTRACTS.md §6); refusing here beats a grant that fails at approval time.
+        if gkind == CredentialKind::ManagedIdentity && !tenant.eq_ignore_ascii_case(&tenant_id) {
+            p.push(
+                &format!("{key}credential"),
+                "a managed identity cannot get tokens for another tenant; use a multi-tenant app registration (client-secret or workload-identity) for a guard in another tenant",
+            );
+            continue;
+        }
+        let client_id = o.client_id.clone().or_else(|| default_client_id.clone());
+        per_guard.insert(o.name.clone(), cred(p, &key, gkind, &tenant, client_id));
+    }
+    let timeout = p
+        .duration("azure.timeout", a.timeout.as_deref(), "30s")
+        .unwrap_or(Duration::from_secs(30));
+    let connect_timeout = p
+        .duration("azure.connect_timeout", a.connect_timeout.as_deref(), "10s")
+        .unwrap_or(Duration::from_secs(10));
+    let max_retries = a.max_retries.unwrap_or(4);
+    if max_retries > 20 {
+        p.push("azure.max_retries", "must be at most 20");
+    }
+    let max_retry_wait = p
+        .duration("azure.max_retry_wait", a.max_retry_wait.as_deref(), "60s")
+        .unwrap_or(Duration::from_secs(60));
+    let lro_timeout = p
+        .duration("azure.lro_timeout", a.lro_timeout.as_deref(), "2m")
+        .unwrap_or(Duration::from_secs(120));
+    let reconcile_interval = p
+        .duration(
+            "azure.reconcile_interval",
+            a.reconcile_interval.as_deref(),
+            "5m",
+        )
+        .unwrap_or(Duration::from_secs(300));
+    if p.0.len() != before {
+        return None;
+    }
+    Some(AzureConfig {
+        home: home?,
+        arm_endpoint,
+        authority_host,
+        timeout,
+        connect_timeout,
+        max_retries,
+        max_retry_wait,
+        lro_timeout,
+        reconcile_interval,
+        guards: per_guard,
     })
 }
 

@@ -3,11 +3,13 @@
 //! A requester asks to perform one critical operation on one vault; separate approvers decide;
 //! on approval twokey grants a time-boxed role on the vault's Resource Guard and takes it away
 //! again; every step lands in a hash-chained audit log. Dependencies point one way:
-//! `http` → `service` → (`domain`, `store`, `audit`, `notify`) → `domain`.
+//! `http` → `service` → (`domain`, `store`, `audit`, `notify`, `azure`) → `domain`.
 
 pub mod app;
 /// The append-only, hash-chained audit log.
 pub mod audit;
+/// Azure: ARM client, credentials, elevation backends, preflight.
+pub mod azure;
 /// Sessions, the dev sign-in and signed review links.
 pub mod auth;
 /// Time as a dependency (real or manual).

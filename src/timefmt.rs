@@ -15,6 +15,20 @@ pub fn fmt(t: OffsetDateTime) -> String {
     .expect("formatting a UTC time cannot fail")
 }
 
+/// RFC 3339 to the second (`2026-12-03T09:00:00Z`), the form Azure request bodies use.
+pub fn fmt_seconds(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// Parse any RFC 3339 time (as stored, or as a user typed it in a filter).
 pub fn parse(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
     OffsetDateTime::parse(s, &Rfc3339)

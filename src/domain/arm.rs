@@ -838,6 +838,12 @@ impl VaultPattern {
         self.kind
     }
 
+    /// The subscription and resource group, when neither has a wildcard (so the vaults it
+    /// selects can be listed from that resource group).
+    pub fn exact_resource_group(&self) -> Option<(&str, &str)> {
+        Some((self.subscription.exact()?, self.resource_group.exact()?))
+    }
+
     /// The single vault this pattern names, when it has no wildcard.
     pub fn is_exact(&self) -> Option<VaultId> {
         Some(VaultId {

@@ -61,7 +61,24 @@ impl Worker {
                     )
                     .await?;
             }
-            Err(JobFailure::Retry(e)) | Err(JobFailure::Permanent(e)) => {
+            Err(JobFailure::RetryAt(at, e)) if job.attempts < job.max_attempts => {
+                let run_at = at.max(self.svc.now() + Duration::seconds(1));
+                tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job deferred");
+                self.svc
+                    .store
+                    .retry_job(
+                        &job,
+                        &self.owner,
+                        &timefmt::fmt(run_at),
+                        &e,
+                        false,
+                        &timefmt::fmt(self.svc.now()),
+                    )
+                    .await?;
+            }
+            Err(JobFailure::Retry(e))
+            | Err(JobFailure::RetryAt(_, e))
+            | Err(JobFailure::Permanent(e)) => {
                 tracing::error!(error = %e, "job failed for good");
                 self.svc.fail_job_for_good(&job, &self.owner, &e).await?;
             }

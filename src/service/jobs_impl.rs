@@ -6,10 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use super::{Service, ServiceError, ServiceResult, parse_state, parse_time};
 use crate::audit::{self, Action, Actor};
+use crate::azure::{AssignmentRef, ElevationError, GrantSpec};
 use crate::auth::review_token::ReviewClaims;
 use crate::domain::operations;
 use crate::domain::policy::ElevationBackend;
@@ -81,11 +82,29 @@ pub struct MailPayload {
     pub extra: serde_json::Value,
 }
 
-/// A failed attempt: retry later, or give up now.
+/// A failed attempt: retry later, retry at a given time, or give up now.
 #[derive(Debug)]
 pub enum JobFailure {
     Retry(String),
+    /// Not before this time (Azure said when it would accept the call).
+    RetryAt(OffsetDateTime, String),
     Permanent(String),
+}
+
+impl From<ElevationError> for JobFailure {
+    fn from(e: ElevationError) -> Self {
+        match e {
+            ElevationError::Transient(m) => Self::Retry(m),
+            ElevationError::RetryAt(at, m) => Self::RetryAt(at, m),
+            ElevationError::Refused(m) => Self::Permanent(m),
+        }
+    }
+}
+
+fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+    }
 }
 
 impl From<ServiceError> for JobFailure {
@@ -143,19 +162,22 @@ impl Service {
     }
 
     async fn run_grant(&self, job: &JobRow, owner: &str) -> Result<bool, JobFailure> {
-        let now = self.now();
+        let start = self.now();
         let rid = job
             .request_id
             .as_deref()
             .ok_or_else(|| JobFailure::Permanent("grant job without request".into()))?;
-        let mut tx = self.store.begin().await?;
-        let req = tx
+        // Read outside a write transaction: the Azure round trips below must not hold the
+        // writers' lock. The state is checked again in the transaction that records the grant.
+        let req = self
+            .store
             .get_request(rid)
             .await?
             .ok_or_else(|| JobFailure::Permanent("request vanished".into()))?;
         if parse_state(&req.state)? != RequestState::Approved {
             // Already done by an earlier run, or the request moved on: nothing to do.
-            return self.finish(tx, job, owner, now).await;
+            let tx = self.store.begin().await?;
+            return self.finish(tx, job, owner, start).await;
         }
         let Some(guard) = self.guard(&req.guard) else {
             return Err(JobFailure::Permanent(format!(
@@ -163,27 +185,65 @@ impl Service {
                 req.guard
             )));
         };
-        let until = now + Duration::minutes(req.duration_minutes);
-        let call_id = step_guid(rid, "grant");
-        match guard.elevation {
-            ElevationBackend::Simulated => {
-                tx.insert_simulated_call(&SimulatedCallRow {
-                    call_id: call_id.to_string(),
-                    request_id: rid.into(),
-                    step: "grant".into(),
-                    body: simulated_body("AdminAssign", &req.requester_object_id, guard, &req, now)
-                        .to_string(),
-                    at: timefmt::fmt(now),
-                })
-                .await?;
+        let backend = self
+            .elevation
+            .backend(&guard.name, guard.elevation)
+            .map_err(JobFailure::Permanent)?;
+        let principal = match (&req.requester_object_id, guard.elevation.needs_object_id()) {
+            (Some(oid), _) => oid.clone(),
+            (None, false) => String::new(),
+            (None, true) => {
+                return Err(JobFailure::Permanent(
+                    "the requester has no Azure object id, so no role can be assigned".into(),
+                ));
             }
-            other => {
-                return Err(JobFailure::Permanent(format!(
-                    "elevation backend `{}` is not available in this build",
-                    other.as_str()
-                )));
-            }
+        };
+        let op = operations::find(&req.operation)
+            .map(|o| o.title)
+            .unwrap_or_default();
+        let vault = req.vault_id.rsplit('/').next().unwrap_or(&req.vault_id);
+        let mut justification = format!(
+            "twokey {}: {} on {} — {}",
+            req.request_id, op, vault, req.justification
+        );
+        truncate_chars(&mut justification, 500);
+        let spec = GrantSpec {
+            request_id: rid.to_string(),
+            scope: guard.resource_guard_id.clone(),
+            role_definition_id: guard.role_definition_id.clone(),
+            principal_object_id: principal,
+            start,
+            duration_minutes: req.duration_minutes,
+            justification,
+            ticket: req.ticket.clone(),
+        };
+        let outcome = backend.grant(&spec).await.map_err(JobFailure::from)?;
+        // A repeated job adopts the window Azure holds from the first attempt.
+        let (from, until) = outcome.window.unwrap_or((start, spec.end()));
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let req = tx
+            .get_request(rid)
+            .await?
+            .ok_or_else(|| JobFailure::Permanent("request vanished".into()))?;
+        if parse_state(&req.state)? != RequestState::Approved {
+            return self.finish(tx, job, owner, now).await;
         }
+        let call_id = outcome.arm_request_name.clone();
+        if let Some(body) = &outcome.simulated_body {
+            let mut body = body.clone();
+            body["scope"] = json!(guard.resource_guard_id.to_string());
+            tx.insert_simulated_call(&SimulatedCallRow {
+                call_id: call_id.clone(),
+                request_id: rid.into(),
+                step: "grant".into(),
+                body: body.to_string(),
+                at: timefmt::fmt(now),
+            })
+            .await?;
+        }
+        let mut detail = outcome.detail.clone();
+        detail["arm_request_name"] = json!(call_id);
         tx.insert_grant(&GrantRow {
             request_id: rid.into(),
             backend: guard.elevation.as_str().into(),
@@ -191,11 +251,11 @@ impl Service {
             role_definition_id: guard.role_definition_id.clone(),
             principal_object_id: req.requester_object_id.clone(),
             state: "active".into(),
-            requested_at: timefmt::fmt(now),
-            active_from: Some(timefmt::fmt(now)),
+            requested_at: timefmt::fmt(start),
+            active_from: Some(timefmt::fmt(from)),
             active_until: Some(timefmt::fmt(until)),
             ended_at: None,
-            detail: Some(json!({ "arm_request_name": call_id }).to_string()),
+            detail: Some(detail.to_string()),
         })
         .await?;
         let moved = tx
@@ -204,7 +264,7 @@ impl Service {
                 "approved",
                 "active",
                 &TransitionSet {
-                    active_from: Some(timefmt::fmt(now)),
+                    active_from: Some(timefmt::fmt(from)),
                     active_until: Some(timefmt::fmt(until)),
                     ..Default::default()
                 },
@@ -225,8 +285,9 @@ impl Service {
                 "role_definition_id": guard.role_definition_id,
                 "principal_object_id": req.requester_object_id,
                 "arm_request_name": call_id,
-                "active_from": timefmt::fmt(now),
+                "active_from": timefmt::fmt(from),
                 "active_until": timefmt::fmt(until),
+                "azure": outcome.detail,
             }),
         )
         .await?;
@@ -243,12 +304,95 @@ impl Service {
         self.finish(tx, job, owner, now).await
     }
 
+    /// The assignment behind a request's grant row, for removal or a look in Azure.
+    pub(crate) fn assignment_of(
+        &self,
+        req: &crate::store::RequestRow,
+        grant: &GrantRow,
+        step: &str,
+    ) -> Result<AssignmentRef, String> {
+        let scope = crate::domain::arm::ResourceGuardId::parse(&grant.scope)
+            .map_err(|e| format!("stored scope: {e}"))?;
+        let from = grant
+            .active_from
+            .as_deref()
+            .or(req.active_from.as_deref())
+            .map(timefmt::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| self.now());
+        let until = grant
+            .active_until
+            .as_deref()
+            .or(req.active_until.as_deref())
+            .map(timefmt::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or(from);
+        Ok(AssignmentRef {
+            request_id: req.request_id.clone(),
+            scope,
+            role_definition_id: grant.role_definition_id.clone(),
+            principal_object_id: grant.principal_object_id.clone().unwrap_or_default(),
+            active_from: from,
+            active_until: until,
+            step: step.to_string(),
+            justification: format!("twokey {}: window over", req.request_id),
+        })
+    }
+
+    /// The backend that made a grant (by the grant row, not today's guard config: a guard
+    /// switched to `simulated` must still have its real assignments removed).
+    pub(crate) fn backend_of(
+        &self,
+        req: &crate::store::RequestRow,
+        grant: Option<&GrantRow>,
+    ) -> Result<std::sync::Arc<dyn crate::azure::Elevation>, String> {
+        let kind = grant
+            .and_then(|g| ElevationBackend::parse(&g.backend))
+            .or_else(|| self.guard(&req.guard).map(|g| g.elevation))
+            .unwrap_or(ElevationBackend::Simulated);
+        self.elevation.backend(&req.guard, kind)
+    }
+
     async fn run_revoke(&self, job: &JobRow, owner: &str) -> Result<bool, JobFailure> {
-        let now = self.now();
         let rid = job
             .request_id
             .as_deref()
             .ok_or_else(|| JobFailure::Permanent("revoke job without request".into()))?;
+        let req = self
+            .store
+            .get_request(rid)
+            .await?
+            .ok_or_else(|| JobFailure::Permanent("request vanished".into()))?;
+        if parse_state(&req.state)? != RequestState::Active {
+            let now = self.now();
+            let tx = self.store.begin().await?;
+            return self.finish(tx, job, owner, now).await;
+        }
+        let grant = self.store.get_grant(rid).await?;
+        // SECURITY: a revoke never gives up (JobKind::max_attempts); every failure here is a
+        // retry, and each one stays visible in the job row.
+        let backend = self.backend_of(&req, grant.as_ref()).map_err(JobFailure::Retry)?;
+        let outcome = match &grant {
+            Some(g) => {
+                let a = self.assignment_of(&req, g, "revoke").map_err(JobFailure::Retry)?;
+                match backend.revoke(&a).await {
+                    Ok(o) => o,
+                    Err(ElevationError::RetryAt(at, msg)) => {
+                        self.note_on_request(rid, &msg).await?;
+                        return Err(JobFailure::RetryAt(at, msg));
+                    }
+                    Err(e) => return Err(JobFailure::Retry(e.to_string())),
+                }
+            }
+            None => crate::azure::RevokeOutcome {
+                removed: false,
+                detail: json!({}),
+                simulated_body: None,
+            },
+        };
+        let now = self.now();
         let mut tx = self.store.begin().await?;
         let req = tx
             .get_request(rid)
@@ -257,27 +401,15 @@ impl Service {
         if parse_state(&req.state)? != RequestState::Active {
             return self.finish(tx, job, owner, now).await;
         }
-        let backend = self
-            .guard(&req.guard)
-            .map(|g| g.elevation)
-            .unwrap_or(ElevationBackend::Simulated);
-        match backend {
-            ElevationBackend::Simulated => {
-                tx.insert_simulated_call(&SimulatedCallRow {
-                    call_id: step_guid(rid, "revoke").to_string(),
-                    request_id: rid.into(),
-                    step: "revoke".into(),
-                    body: json!({ "properties": { "requestType": "AdminRemove", "principalId": req.requester_object_id } }).to_string(),
-                    at: timefmt::fmt(now),
-                })
-                .await?;
-            }
-            other => {
-                return Err(JobFailure::Retry(format!(
-                    "elevation backend `{}` is not available in this build",
-                    other.as_str()
-                )));
-            }
+        if let Some(body) = &outcome.simulated_body {
+            tx.insert_simulated_call(&SimulatedCallRow {
+                call_id: step_guid(rid, "revoke").to_string(),
+                request_id: rid.into(),
+                step: "revoke".into(),
+                body: body.to_string(),
+                at: timefmt::fmt(now),
+            })
+            .await?;
         }
         let reason = match req.end_reason.as_deref().and_then(EndReason::parse) {
             Some(r) => r,
@@ -312,6 +444,11 @@ impl Service {
             .end_requested_by
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok());
+        let lateness_ms = req
+            .active_until
+            .as_deref()
+            .and_then(|u| timefmt::parse(u).ok())
+            .map(|u| (now - u).whole_milliseconds().max(0) as i64);
         audit::record(
             &mut tx,
             now,
@@ -324,12 +461,24 @@ impl Service {
                 "active_until": req.active_until,
                 "end_requested_at": req.end_requested_at,
                 "end_requested_by": requested_by,
+                "backend": grant.as_ref().map(|g| g.backend.clone()),
+                "removed_in_azure": outcome.removed,
+                "azure": outcome.detail,
+                "late_by_ms": if reason == EndReason::Expired { lateness_ms } else { None },
             }),
         )
         .await?;
         self.queue_requester(&mut tx, &req, "ended").await?;
         self.queue_watchers(&mut tx, &req, "ended").await?;
         self.finish(tx, job, owner, now).await
+    }
+
+    /// Put a short note on an active request (shown in its view), e.g. why its early end waits.
+    async fn note_on_request(&self, rid: &str, msg: &str) -> Result<(), JobFailure> {
+        let mut tx = self.store.begin().await?;
+        tx.set_failure_message(rid, msg).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn run_mail(&self, job: &JobRow, owner: &str) -> Result<bool, JobFailure> {
@@ -513,32 +662,4 @@ impl Service {
             .trim_end_matches('/')
             .to_string()
     }
-}
-
-/// The body an `azure-pim` grant would send, recorded by the simulated backend so that the
-/// demo shows what would happen (CONTRACTS.md §3.1 shape).
-fn simulated_body(
-    request_type: &str,
-    principal: &Option<String>,
-    guard: &crate::domain::policy::GuardPolicy,
-    req: &crate::store::RequestRow,
-    now: OffsetDateTime,
-) -> serde_json::Value {
-    let op = operations::find(&req.operation)
-        .map(|o| o.title)
-        .unwrap_or_default();
-    json!({
-        "properties": {
-            "principalId": principal,
-            "roleDefinitionId": format!("/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{}", guard.resource_guard_id.subscription(), guard.role_definition_id),
-            "requestType": request_type,
-            "justification": format!("twokey {}: {} — {}", req.request_id, op, req.justification),
-            "scheduleInfo": {
-                "startDateTime": timefmt::fmt(now),
-                "expiration": { "type": "AfterDuration", "duration": format!("PT{}M", req.duration_minutes) }
-            },
-            "ticketInfo": { "ticketNumber": req.ticket, "ticketSystem": "twokey" }
-        },
-        "scope": guard.resource_guard_id.to_string(),
-    })
 }

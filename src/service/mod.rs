@@ -95,6 +95,10 @@ pub struct Service {
     pub mailer: Arc<crate::notify::MailTransport>,
     /// Woken after a commit that queued jobs, so the worker does not wait for its poll.
     pub wake: Arc<Notify>,
+    /// The elevation backends, per guard.
+    pub elevation: Arc<crate::azure::Elevations>,
+    /// When the reconciler last compared grants with Azure (service clock).
+    pub last_reconcile: Arc<std::sync::Mutex<Option<OffsetDateTime>>>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -117,6 +121,7 @@ impl Service {
             config.mail.outbox_dir.as_ref(),
             config.mail.timeout,
         )?;
+        let elevation = crate::azure::Elevations::new(config.azure.as_ref())?;
         Ok(Self {
             store,
             config,
@@ -124,6 +129,8 @@ impl Service {
             tokens,
             mailer: Arc::new(mailer),
             wake: Arc::new(Notify::new()),
+            elevation: Arc::new(elevation),
+            last_reconcile: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 

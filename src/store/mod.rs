@@ -709,6 +709,16 @@ impl Tx {
         Ok(r.rows_affected() == 1)
     }
 
+    /// A note on an active request (why its end waits), shown in its view.
+    pub async fn set_failure_message(&mut self, id: &str, message: &str) -> StoreResult<()> {
+        sqlx::query("update request set failure_message = $1 where request_id = $2 and state = 'active'")
+            .bind(message)
+            .bind(id)
+            .execute(&mut *self.inner)
+            .await?;
+        Ok(())
+    }
+
     /// Mark an active window for early end (once).
     pub async fn request_end(
         &mut self,
