@@ -46,6 +46,15 @@ enum Command {
     Migrate(ConfigArg),
     /// Check the configuration and print every problem with its key.
     CheckConfig(ConfigArg),
+    /// Preflight each Azure guard: token, read the guard, linked vaults, role request rights.
+    /// Changes nothing in Azure. Exit status 0 only when nothing is missing.
+    CheckAzure {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The object id used in the PIM dry run (default: the broker's own, from its token).
+        #[arg(long)]
+        principal: Option<String>,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -148,6 +157,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(e) => Ok(print_config_errors(&e)),
         },
+        Command::CheckAzure { config, principal } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            if config.azure.is_none() {
+                println!("no guard uses azure-pim or azure-rbac: nothing to check");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let elev =
+                twokey::azure::Elevations::new(config.azure.as_ref()).map_err(anyhow::Error::msg)?;
+            let rows = twokey::azure::check::run(&elev, &config.guards, principal.as_deref()).await;
+            print!("{}", twokey::azure::check::render(&rows));
+            let missing = rows.iter().filter(|r| r.ok == Some(false)).count();
+            if missing > 0 {
+                println!("{missing} check(s) failed: see DETAIL / FIX");
+                Ok(ExitCode::FAILURE)
+            } else {
+                println!("all checks passed");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
         Command::Audit {
             command: AuditCommand::Verify(arg),
         } => {

@@ -1,6 +1,7 @@
 //! The worker: claims due jobs with a lease, runs them, retries failures with exponential
 //! backoff, and gives up (recording why) after a kind's last attempt. It also runs the
-//! periodic sweep that expires pending requests past their deadline.
+//! periodic sweep that expires pending requests past their deadline and reconciles grants
+//! with Azure.
 //!
 //! Several workers (in one process or in several replicas) may run at once: a claim is a
 //! conditional update, and a job's effects commit only while its lease holds.
@@ -105,13 +106,21 @@ impl Worker {
         Ok(total)
     }
 
-    /// Periodic work: expire pending requests past their deadline, drop dead sessions.
+    /// Periodic work: expire pending requests past their deadline, drop dead sessions, and
+    /// (every `azure.reconcile_interval`, and at start) compare grants with Azure.
     pub async fn sweep(&self) -> ServiceResult<()> {
         self.svc.expire_due().await?;
         self.svc
             .store
             .delete_expired_sessions(&timefmt::fmt(self.svc.now()))
             .await?;
+        match self.svc.reconcile(false).await {
+            Ok(r) if r.removed + r.nudged + r.alerted > 0 => {
+                tracing::warn!(checked = r.checked, removed = r.removed, nudged = r.nudged, alerted = r.alerted, "reconciler acted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "reconcile failed"),
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod jobs_api {
     pub use super::jobs_impl::{JobFailure, JobKind, step_guid};
 }
 mod jobs_impl;
+mod reconcile;
 mod view;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::store::{
 use crate::timefmt;
 
 pub use jobs_impl::{JobKind, MailKind, MailPayload};
+pub use reconcile::ReconcileReport;
 pub use view::{DecisionView, PersonView, RequestView, TimelineEntry};
 
 /// What went wrong in a use case.

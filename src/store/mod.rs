@@ -530,6 +530,20 @@ impl Store {
         .await?)
     }
 
+    /// Grants made in Azure that the reconciler should look at: those ended since `since`, and
+    /// active ones whose window closed before `now` (their revoke is late).
+    pub async fn grants_to_reconcile(&self, since: &str, now: &str) -> StoreResult<Vec<GrantRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "select {GRANT_COLUMNS} from grant_record where backend in ('azure-pim', 'azure-rbac') \
+             and ((state = 'ended' and ended_at >= $1) or (state = 'active' and active_until < $2)) \
+             order by request_id limit 500"
+        )))
+        .bind(since)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn simulated_calls(&self, request_id: &str) -> StoreResult<Vec<SimulatedCallRow>> {
         Ok(sqlx::query_as(
             "select call_id, request_id, step, body, at from simulated_call where request_id = $1 order by at, call_id",

@@ -1,0 +1,137 @@
+//! The reconciler: at start and then every `azure.reconcile_interval`, compare the grants
+//! twokey made in Azure with what Azure holds, and take away any that should have ended. A
+//! plain (`azure-rbac`) assignment has no expiry of its own, so watchers are alerted when one
+//! outlives its window by more than a minute.
+
+use serde_json::json;
+use time::Duration;
+
+use super::{Service, ServiceResult};
+use crate::audit::{self, Action, Actor};
+use crate::azure::Presence;
+use crate::timefmt;
+
+/// How long past its window an `azure-rbac` assignment may stay before watchers hear of it.
+pub const OUTLIVED_ALERT_AFTER: Duration = Duration::minutes(1);
+/// Ended grants are looked at again for this long.
+const LOOK_BACK: Duration = Duration::days(2);
+
+/// What one pass found and did.
+#[derive(Debug, Default, Clone)]
+pub struct ReconcileReport {
+    pub checked: usize,
+    /// Assignments found in Azure after their window, and removed again.
+    pub removed: usize,
+    /// Late revokes brought forward.
+    pub nudged: usize,
+    /// Watcher alerts queued.
+    pub alerted: usize,
+}
+
+impl Service {
+    /// One pass, unless the last one was less than `azure.reconcile_interval` ago
+    /// (`force` skips that check).
+    pub async fn reconcile(&self, force: bool) -> ServiceResult<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let Some(cfg) = &self.config.azure else {
+            return Ok(report);
+        };
+        let now = self.now();
+        {
+            let mut last = self.last_reconcile.lock().expect("reconcile lock");
+            let every = Duration::seconds(cfg.reconcile_interval.as_secs() as i64);
+            if !force && last.is_some_and(|t| now - t < every && now >= t) {
+                return Ok(report);
+            }
+            *last = Some(now);
+        }
+        let grants = self
+            .store
+            .grants_to_reconcile(&timefmt::fmt(now - LOOK_BACK), &timefmt::fmt(now))
+            .await?;
+        for g in grants {
+            report.checked += 1;
+            let Some(req) = self.store.get_request(&g.request_id).await? else {
+                continue;
+            };
+            let until = g
+                .active_until
+                .as_deref()
+                .and_then(|u| timefmt::parse(u).ok())
+                .unwrap_or(now);
+            let rbac = g.backend == "azure-rbac";
+            if g.state == "active" {
+                // The revoke is late (a crash, an outage): make sure it runs now.
+                let mut tx = self.store.begin().await?;
+                if tx
+                    .reschedule_job(&format!("revoke:{}", g.request_id), &timefmt::fmt(now))
+                    .await?
+                {
+                    report.nudged += 1;
+                }
+                if rbac && now - until > OUTLIVED_ALERT_AFTER {
+                    self.queue_watchers(&mut tx, &req, "outlived_window").await?;
+                    report.alerted += 1;
+                }
+                tx.commit().await?;
+                self.wake_worker();
+                continue;
+            }
+            // Ended in the database: is it really gone in Azure?
+            let backend = match self.backend_of(&req, Some(&g)) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(request_id = %g.request_id, error = %e, "reconcile: no backend");
+                    continue;
+                }
+            };
+            let step = format!("reconcile-{}", now.unix_timestamp());
+            let a = match self.assignment_of(&req, &g, &step) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(request_id = %g.request_id, error = %e, "reconcile: bad grant row");
+                    continue;
+                }
+            };
+            let presence = match backend.confirm(&a).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(request_id = %g.request_id, error = %e, "reconcile: Azure not reachable");
+                    continue;
+                }
+            };
+            let Presence::Present { detail, .. } = presence else {
+                continue;
+            };
+            tracing::error!(request_id = %g.request_id, "an assignment twokey made is still in Azure after its window; removing it");
+            let removal = backend.revoke(&a).await;
+            let mut tx = self.store.begin().await?;
+            audit::record(
+                &mut tx,
+                now,
+                Action::GrantFailed,
+                &Actor::system(),
+                Some(&g.request_id),
+                json!({
+                    "step": "reconcile",
+                    "backend": g.backend,
+                    "found_in_azure": detail,
+                    "active_until": g.active_until,
+                    "removed": removal.is_ok(),
+                    "error": removal.as_ref().err().map(|e| e.to_string()),
+                }),
+            )
+            .await?;
+            if rbac && now - until > OUTLIVED_ALERT_AFTER {
+                self.queue_watchers(&mut tx, &req, "outlived_window").await?;
+                report.alerted += 1;
+            }
+            tx.commit().await?;
+            self.wake_worker();
+            if removal.is_ok() {
+                report.removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}
