@@ -271,6 +271,11 @@ impl TestApp {
 
     /// A browser-like client signed in as `email` through the dev sign-in form.
     pub async fn client_as(&self, email: &str) -> Client {
+        Self::client_at(&self.base, email).await
+    }
+
+    /// The same, against any twokey at `base` (e.g. a separately started process).
+    pub async fn client_at(base: &str, email: &str) -> Client {
         // No connection reuse: a server that answers early (413 before reading a 1 MiB body)
         // closes its side, and a pooled POST racing that close fails on the client.
         let http = reqwest::Client::builder()
@@ -280,7 +285,7 @@ impl TestApp {
             .build()
             .unwrap();
         let page = http
-            .get(format!("{}/auth/dev", self.base))
+            .get(format!("{base}/auth/dev"))
             .send()
             .await
             .unwrap()
@@ -289,7 +294,7 @@ impl TestApp {
             .unwrap();
         let csrf = form_value(&page, "csrf").expect("csrf field on the sign-in page");
         let resp = http
-            .post(format!("{}/auth/dev", self.base))
+            .post(format!("{base}/auth/dev"))
             .form(&[("email", email), ("csrf", csrf.as_str()), ("next", "/")])
             .send()
             .await
@@ -300,7 +305,7 @@ impl TestApp {
             "dev sign-in as {email}"
         );
         let session: Value = http
-            .get(format!("{}/api/v1/session", self.base))
+            .get(format!("{base}/api/v1/session"))
             .send()
             .await
             .unwrap()
@@ -313,7 +318,7 @@ impl TestApp {
             .to_string();
         Client {
             http,
-            base: self.base.clone(),
+            base: base.to_string(),
             csrf,
         }
     }

@@ -1,7 +1,9 @@
 //! Black-box tests of the app over HTTP, each run on SQLite and on PostgreSQL.
 
 mod audit;
+mod azure;
 mod cli;
+mod fake_arm;
 mod helpers;
 mod hostile;
 mod jobs;
