@@ -2,6 +2,7 @@
 
 mod audit;
 mod azure;
+mod azure_crash;
 mod cli;
 mod fake_arm;
 mod helpers;
