@@ -1131,8 +1131,7 @@ struct GuardAzureOverride {
 fn plausible_tenant(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 256
-        && t
-            .chars()
+        && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
@@ -1187,7 +1186,10 @@ fn validate_azure(
     let tenant_id = match a.tenant_id.as_deref() {
         Some(t) if plausible_tenant(t) => t.to_string(),
         Some(t) => {
-            p.push("azure.tenant_id", format!("`{t}` is not a tenant id or domain"));
+            p.push(
+                "azure.tenant_id",
+                format!("`{t}` is not a tenant id or domain"),
+            );
             String::new()
         }
         None => {
@@ -1220,16 +1222,14 @@ fn validate_azure(
         a.client_secret_file.clone(),
     );
     // Workload identity on AKS: the webhook injects these; the config may leave them out.
-    let federated_token_file = a.federated_token_file.clone().or_else(|| {
-        std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from)
-    });
-    let default_client_id = a
-        .client_id
+    let federated_token_file = a
+        .federated_token_file
         .clone()
-        .or_else(|| match kind {
-            Some(CredentialKind::WorkloadIdentity) => std::env::var("AZURE_CLIENT_ID").ok(),
-            _ => None,
-        });
+        .or_else(|| std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from));
+    let default_client_id = a.client_id.clone().or_else(|| match kind {
+        Some(CredentialKind::WorkloadIdentity) => std::env::var("AZURE_CLIENT_ID").ok(),
+        _ => None,
+    });
     let mi_endpoint = endpoint(
         p,
         "azure.managed_identity_endpoint",
@@ -1249,15 +1249,18 @@ fn validate_azure(
         "https://login.microsoftonline.com",
     );
     let cred = |p: &mut Problems,
-                    key: &str,
-                    kind: CredentialKind,
-                    tenant: &str,
-                    client_id: Option<String>|
+                key: &str,
+                kind: CredentialKind,
+                tenant: &str,
+                client_id: Option<String>|
      -> CredentialConfig {
         match kind {
             CredentialKind::ClientSecret => {
                 if client_id.is_none() {
-                    p.push(&format!("{key}client_id"), "is required with credential = \"client-secret\"");
+                    p.push(
+                        &format!("{key}client_id"),
+                        "is required with credential = \"client-secret\"",
+                    );
                 }
                 if client_secret.is_none() {
                     p.push(
@@ -1301,22 +1304,27 @@ fn validate_azure(
         let tenant = match o.tenant_id.as_deref() {
             Some(t) if plausible_tenant(t) => t.to_string(),
             Some(t) => {
-                p.push(&format!("{key}tenant_id"), format!("`{t}` is not a tenant id or domain"));
+                p.push(
+                    &format!("{key}tenant_id"),
+                    format!("`{t}` is not a tenant id or domain"),
+                );
                 continue;
             }
             None => tenant_id.clone(),
         };
         let gkind = match o.credential.as_deref() {
-            Some(c) => match CredentialKind::parse(c) {
-                Some(k) => k,
-                None => {
-                    p.push(
+            Some(c) => {
+                match CredentialKind::parse(c) {
+                    Some(k) => k,
+                    None => {
+                        p.push(
                         &format!("{key}credential"),
                         format!("`{c}` is not one of client-secret, workload-identity, managed-identity"),
                     );
-                    continue;
+                        continue;
+                    }
                 }
-            },
+            }
             None => match kind {
                 Some(k) => k,
                 None => continue,

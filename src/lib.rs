@@ -8,10 +8,10 @@
 pub mod app;
 /// The append-only, hash-chained audit log.
 pub mod audit;
-/// Azure: ARM client, credentials, elevation backends, preflight.
-pub mod azure;
 /// Sessions, the dev sign-in and signed review links.
 pub mod auth;
+/// Azure: ARM client, credentials, elevation backends, preflight.
+pub mod azure;
 /// Time as a dependency (real or manual).
 pub mod clock;
 /// Configuration: file, environment, secrets, validation.

@@ -166,8 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("no guard uses azure-pim or azure-rbac: nothing to check");
                 return Ok(ExitCode::SUCCESS);
             }
-            let elev =
-                twokey::azure::Elevations::new(config.azure.as_ref()).map_err(anyhow::Error::msg)?;
+            let elev = twokey::azure::Elevations::new(config.azure.as_ref())
+                .map_err(anyhow::Error::msg)?;
             let rows = twokey::azure::check::run(&elev, &config.guards, principal.as_deref()).await;
             print!("{}", twokey::azure::check::render(&rows));
             let missing = rows.iter().filter(|r| r.ok == Some(false)).count();

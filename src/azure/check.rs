@@ -6,7 +6,9 @@
 use serde_json::{Value, json};
 
 use super::client::{ArmClient, ArmError};
-use super::{BACKUP_API_VERSION, Elevations, PIM_API_VERSION, RBAC_API_VERSION, role_definition_path};
+use super::{
+    BACKUP_API_VERSION, Elevations, PIM_API_VERSION, RBAC_API_VERSION, role_definition_path,
+};
 use crate::domain::arm::{VaultId, VaultKind};
 use crate::domain::policy::{ElevationBackend, GuardPolicy};
 
@@ -21,7 +23,12 @@ pub struct CheckRow {
 }
 
 impl CheckRow {
-    fn new(guard: &str, check: impl Into<String>, ok: Option<bool>, note: impl Into<String>) -> Self {
+    fn new(
+        guard: &str,
+        check: impl Into<String>,
+        ok: Option<bool>,
+        note: impl Into<String>,
+    ) -> Self {
         Self {
             guard: guard.into(),
             check: check.into(),
@@ -48,12 +55,21 @@ fn forbidden(e: &ArmError) -> bool {
 
 /// Run every check; `principal` is the object id used in the PIM dry run (default: the
 /// broker's own, from its token).
-pub async fn run(elev: &Elevations, guards: &[GuardPolicy], principal: Option<&str>) -> Vec<CheckRow> {
+pub async fn run(
+    elev: &Elevations,
+    guards: &[GuardPolicy],
+    principal: Option<&str>,
+) -> Vec<CheckRow> {
     let mut rows = Vec::new();
     for g in guards.iter().filter(|g| g.elevation.needs_object_id()) {
         let name = g.name.as_str();
         let Some(arm) = elev.guard_arm(name) else {
-            rows.push(CheckRow::new(name, "configuration", Some(false), "no [azure] section"));
+            rows.push(CheckRow::new(
+                name,
+                "configuration",
+                Some(false),
+                "no [azure] section",
+            ));
             continue;
         };
         let cred = arm.credential().clone();
@@ -64,7 +80,12 @@ pub async fn run(elev: &Elevations, guards: &[GuardPolicy], principal: Option<&s
         );
         let token = match cred.token().await {
             Ok(t) => {
-                rows.push(CheckRow::new(name, format!("token for tenant {}", cred.tenant_id()), Some(true), who.clone()));
+                rows.push(CheckRow::new(
+                    name,
+                    format!("token for tenant {}", cred.tenant_id()),
+                    Some(true),
+                    who.clone(),
+                ));
                 t
             }
             Err(e) => {
@@ -89,7 +110,9 @@ pub async fn run(elev: &Elevations, guards: &[GuardPolicy], principal: Option<&s
                 Some(true),
                 format!(
                     "{} ({})",
-                    r.body["name"].as_str().unwrap_or(g.resource_guard_id.name()),
+                    r.body["name"]
+                        .as_str()
+                        .unwrap_or(g.resource_guard_id.name()),
                     r.body["location"].as_str().unwrap_or("?")
                 ),
             ),
@@ -121,7 +144,9 @@ pub async fn run(elev: &Elevations, guards: &[GuardPolicy], principal: Option<&s
             .map(str::to_string)
             .or_else(|| object_id_of(token.expose()));
         match g.elevation {
-            ElevationBackend::AzurePim => rows.extend(pim_checks(&arm, g, me.as_deref(), &who).await),
+            ElevationBackend::AzurePim => {
+                rows.extend(pim_checks(&arm, g, me.as_deref(), &who).await)
+            }
             _ => rows.extend(rbac_checks(&arm, g, &who).await),
         }
     }
@@ -142,7 +167,11 @@ async fn linked_vaults(arm: &ArmClient, g: &GuardPolicy) -> Vec<CheckRow> {
             continue;
         };
         let url = arm.url(
-            &format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{}/{}", p.kind().provider(), p.kind().resource_type()),
+            &format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/{}/{}",
+                p.kind().provider(),
+                p.kind().resource_type()
+            ),
             &[("api-version", BACKUP_API_VERSION)],
         );
         match arm.list(url).await {
@@ -153,7 +182,12 @@ async fn linked_vaults(arm: &ArmClient, g: &GuardPolicy) -> Vec<CheckRow> {
                     .filter(|v| p.matches(v))
                     .collect();
                 if found.is_empty() {
-                    rows.push(CheckRow::new(name, format!("vaults {p}"), None, "no vault matches the pattern"));
+                    rows.push(CheckRow::new(
+                        name,
+                        format!("vaults {p}"),
+                        None,
+                        "no vault matches the pattern",
+                    ));
                 }
                 vaults.extend(found);
             }
@@ -161,7 +195,11 @@ async fn linked_vaults(arm: &ArmClient, g: &GuardPolicy) -> Vec<CheckRow> {
                 name,
                 format!("list vaults in {rg}"),
                 Some(false),
-                if forbidden(&e) { format!("give the broker Reader on resource group {rg}") } else { e.to_string() },
+                if forbidden(&e) {
+                    format!("give the broker Reader on resource group {rg}")
+                } else {
+                    e.to_string()
+                },
             )),
         }
     }
@@ -198,19 +236,39 @@ async fn linked_vaults(arm: &ArmClient, g: &GuardPolicy) -> Vec<CheckRow> {
     rows
 }
 
-async fn pim_checks(arm: &ArmClient, g: &GuardPolicy, me: Option<&str>, who: &str) -> Vec<CheckRow> {
+async fn pim_checks(
+    arm: &ArmClient,
+    g: &GuardPolicy,
+    me: Option<&str>,
+    who: &str,
+) -> Vec<CheckRow> {
     let name = g.name.as_str();
     let scope = g.resource_guard_id.to_string();
     let mut rows = Vec::new();
-    let fix = format!("give {who} the User Access Administrator role on {scope} (Microsoft.Authorization/roleAssignments/write), and put the guard's subscription under PIM management");
+    let fix = format!(
+        "give {who} the User Access Administrator role on {scope} (Microsoft.Authorization/roleAssignments/write), and put the guard's subscription under PIM management"
+    );
     let Some(me) = me else {
-        rows.push(CheckRow::new(name, "create schedule requests (validate)", None, "not probed: the token has no oid claim; pass --principal <object id>"));
+        rows.push(CheckRow::new(
+            name,
+            "create schedule requests (validate)",
+            None,
+            "not probed: the token has no oid claim; pass --principal <object id>",
+        ));
         return rows;
     };
     let role = role_definition_path(&g.resource_guard_id, &g.role_definition_id);
     for (check, request_type, fine) in [
-        ("create schedule requests (AdminAssign, validate only)", "AdminAssign", &["RoleAssignmentExists"][..]),
-        ("remove schedule requests (AdminRemove, validate only)", "AdminRemove", &["RoleAssignmentDoesNotExist", "ActiveDurationTooShort"][..]),
+        (
+            "create schedule requests (AdminAssign, validate only)",
+            "AdminAssign",
+            &["RoleAssignmentExists"][..],
+        ),
+        (
+            "remove schedule requests (AdminRemove, validate only)",
+            "AdminRemove",
+            &["RoleAssignmentDoesNotExist", "ActiveDurationTooShort"][..],
+        ),
     ] {
         let mut props = json!({
             "principalId": me,
@@ -219,7 +277,8 @@ async fn pim_checks(arm: &ArmClient, g: &GuardPolicy, me: Option<&str>, who: &st
             "justification": "twokey check-azure (validate only: nothing is assigned)",
         });
         if request_type == "AdminAssign" {
-            props["scheduleInfo"] = json!({ "expiration": { "type": "AfterDuration", "duration": "PT5M" } });
+            props["scheduleInfo"] =
+                json!({ "expiration": { "type": "AfterDuration", "duration": "PT5M" } });
         }
         let url = arm.url(
             &format!("{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{}/validate", uuid::Uuid::new_v4()),
@@ -238,7 +297,12 @@ async fn pim_checks(arm: &ArmClient, g: &GuardPolicy, me: Option<&str>, who: &st
         &[("api-version", PIM_API_VERSION), ("$filter", "atScope()")],
     );
     rows.push(match arm.list(url).await {
-        Ok(v) => CheckRow::new(name, "read schedule instances", Some(true), format!("{} active at the guard", v.len())),
+        Ok(v) => CheckRow::new(
+            name,
+            "read schedule instances",
+            Some(true),
+            format!("{} active at the guard", v.len()),
+        ),
         Err(e) if forbidden(&e) => CheckRow::new(name, "read schedule instances", Some(false), fix),
         Err(e) => CheckRow::new(name, "read schedule instances", Some(false), e.to_string()),
     });
@@ -253,8 +317,18 @@ async fn rbac_checks(arm: &ArmClient, g: &GuardPolicy, who: &str) -> Vec<CheckRo
         &[("api-version", RBAC_API_VERSION), ("$filter", "atScope()")],
     );
     let mut rows = vec![match arm.list(url).await {
-        Ok(v) => CheckRow::new(name, "read role assignments", Some(true), format!("{} at or above the guard", v.len())),
-        Err(e) if forbidden(&e) => CheckRow::new(name, "read role assignments", Some(false), format!("give {who} User Access Administrator on {scope}")),
+        Ok(v) => CheckRow::new(
+            name,
+            "read role assignments",
+            Some(true),
+            format!("{} at or above the guard", v.len()),
+        ),
+        Err(e) if forbidden(&e) => CheckRow::new(
+            name,
+            "read role assignments",
+            Some(false),
+            format!("give {who} User Access Administrator on {scope}"),
+        ),
         Err(e) => CheckRow::new(name, "read role assignments", Some(false), e.to_string()),
     }];
     rows.push(CheckRow::new(
@@ -270,14 +344,20 @@ async fn rbac_checks(arm: &ArmClient, g: &GuardPolicy, who: &str) -> Vec<CheckRo
 pub fn render(rows: &[CheckRow]) -> String {
     let w_guard = rows.iter().map(|r| r.guard.len()).max().unwrap_or(5).max(5);
     let w_check = rows.iter().map(|r| r.check.len()).max().unwrap_or(5).max(5);
-    let mut out = format!("{:w_guard$}  {:w_check$}  {:7}  {}\n", "GUARD", "CHECK", "RESULT", "DETAIL / FIX");
+    let mut out = format!(
+        "{:w_guard$}  {:w_check$}  {:7}  {}\n",
+        "GUARD", "CHECK", "RESULT", "DETAIL / FIX"
+    );
     for r in rows {
         let res = match r.ok {
             Some(true) => "ok",
             Some(false) => "MISSING",
             None => "skipped",
         };
-        out.push_str(&format!("{:w_guard$}  {:w_check$}  {:7}  {}\n", r.guard, r.check, res, r.note));
+        out.push_str(&format!(
+            "{:w_guard$}  {:w_check$}  {:7}  {}\n",
+            r.guard, r.check, res, r.note
+        ));
     }
     out
 }

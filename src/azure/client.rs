@@ -244,7 +244,9 @@ impl ArmClient {
                 // operator allows in place; a longer one ends this run and the job retries.
                 Some(w) if w > self.retry.max_retry_wait => return Err(err),
                 Some(w) => w,
-                None => Duration::from_millis(500u64 << attempt.min(6)).min(self.retry.max_retry_wait),
+                None => {
+                    Duration::from_millis(500u64 << attempt.min(6)).min(self.retry.max_retry_wait)
+                }
             };
             tracing::warn!(%method, path = %url.path(), attempt, wait_ms = wait.as_millis() as u64, error = %err, "ARM call failed; retrying");
             tokio::time::sleep(wait).await;

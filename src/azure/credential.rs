@@ -115,20 +115,21 @@ impl Credential {
         let started = std::time::SystemTime::now();
         let resp = match self.cfg.kind {
             CredentialKind::ClientSecret => {
-                let secret = self.cfg.client_secret.as_ref().ok_or_else(|| {
-                    ArmError::Auth("azure.client_secret is not set".into())
-                })?;
+                let secret = self
+                    .cfg
+                    .client_secret
+                    .as_ref()
+                    .ok_or_else(|| ArmError::Auth("azure.client_secret is not set".into()))?;
                 let form = [
                     ("grant_type", "client_credentials"),
-                    ("client_id", self.cfg.client_id.as_deref().unwrap_or_default()),
+                    (
+                        "client_id",
+                        self.cfg.client_id.as_deref().unwrap_or_default(),
+                    ),
                     ("scope", &format!("{}/.default", self.audience)),
                     ("client_secret", secret.expose()),
                 ];
-                self.http
-                    .post(self.token_url()?)
-                    .form(&form)
-                    .send()
-                    .await
+                self.http.post(self.token_url()?).form(&form).send().await
             }
             CredentialKind::WorkloadIdentity => {
                 let path = self.cfg.federated_token_file.as_ref().ok_or_else(|| {
@@ -146,7 +147,10 @@ impl Credential {
                 );
                 let form = [
                     ("grant_type", "client_credentials"),
-                    ("client_id", self.cfg.client_id.as_deref().unwrap_or_default()),
+                    (
+                        "client_id",
+                        self.cfg.client_id.as_deref().unwrap_or_default(),
+                    ),
                     ("scope", &format!("{}/.default", self.audience)),
                     (
                         "client_assertion_type",
@@ -154,11 +158,7 @@ impl Credential {
                     ),
                     ("client_assertion", assertion.expose()),
                 ];
-                self.http
-                    .post(self.token_url()?)
-                    .form(&form)
-                    .send()
-                    .await
+                self.http.post(self.token_url()?).form(&form).send().await
             }
             CredentialKind::ManagedIdentity => {
                 let resource = format!("{}/", self.audience);
@@ -166,7 +166,10 @@ impl Credential {
                     .ok()
                     .zip(std::env::var("IDENTITY_HEADER").ok());
                 if let Some((endpoint, header)) = app_service {
-                    let mut q = vec![("resource", resource.as_str()), ("api-version", "2019-08-01")];
+                    let mut q = vec![
+                        ("resource", resource.as_str()),
+                        ("api-version", "2019-08-01"),
+                    ];
                     if let Some(id) = self.cfg.client_id.as_deref() {
                         q.push(("client_id", id));
                     }
@@ -179,7 +182,10 @@ impl Credential {
                 } else {
                     let mut url = self.cfg.managed_identity_endpoint.clone();
                     url.set_path("/metadata/identity/oauth2/token");
-                    let mut q = vec![("api-version", "2018-02-01"), ("resource", resource.as_str())];
+                    let mut q = vec![
+                        ("api-version", "2018-02-01"),
+                        ("resource", resource.as_str()),
+                    ];
                     if let Some(id) = self.cfg.client_id.as_deref() {
                         q.push(("client_id", id));
                     }
@@ -192,7 +198,9 @@ impl Credential {
                 }
             }
         }
-        .map_err(|e| ArmError::Transport(format!("token endpoint: {}", super::client::describe(&e))))?;
+        .map_err(|e| {
+            ArmError::Transport(format!("token endpoint: {}", super::client::describe(&e)))
+        })?;
         let status = resp.status();
         let body = resp
             .bytes()

@@ -132,14 +132,18 @@ impl From<ArmError> for ElevationError {
 /// One way of putting a window in place. Chosen per guard (`elevation = …`).
 pub trait Elevation: Send + Sync {
     fn kind(&self) -> ElevationBackend;
-    fn grant<'a>(&'a self, spec: &'a GrantSpec)
-    -> BoxFuture<'a, Result<GrantOutcome, ElevationError>>;
+    fn grant<'a>(
+        &'a self,
+        spec: &'a GrantSpec,
+    ) -> BoxFuture<'a, Result<GrantOutcome, ElevationError>>;
     fn revoke<'a>(
         &'a self,
         a: &'a AssignmentRef,
     ) -> BoxFuture<'a, Result<RevokeOutcome, ElevationError>>;
-    fn confirm<'a>(&'a self, a: &'a AssignmentRef)
-    -> BoxFuture<'a, Result<Presence, ElevationError>>;
+    fn confirm<'a>(
+        &'a self,
+        a: &'a AssignmentRef,
+    ) -> BoxFuture<'a, Result<Presence, ElevationError>>;
 }
 
 /// The `simulated` backend: no network; the job records the would-be PIM bodies.
@@ -283,14 +287,23 @@ impl Elevations {
         out.home = Some(clients(home_arm.clone()));
         out.home_arm = Some(home_arm);
         for (name, c) in &cfg.guards {
-            let arm = ArmClient::new(http.clone(), cfg.arm_endpoint.clone(), cred(c), retry.clone());
+            let arm = ArmClient::new(
+                http.clone(),
+                cfg.arm_endpoint.clone(),
+                cred(c),
+                retry.clone(),
+            );
             out.guards.insert(name.clone(), clients(arm));
         }
         Ok(out)
     }
 
     /// The backend of `kind` for calls at `guard`'s scope.
-    pub fn backend(&self, guard: &str, kind: ElevationBackend) -> Result<Arc<dyn Elevation>, String> {
+    pub fn backend(
+        &self,
+        guard: &str,
+        kind: ElevationBackend,
+    ) -> Result<Arc<dyn Elevation>, String> {
         if kind == ElevationBackend::Simulated {
             return Ok(self.simulated.clone());
         }

@@ -78,7 +78,9 @@ impl PimBackend {
 
     fn request_url(&self, scope: &str, name: &str) -> url::Url {
         self.arm.url(
-            &format!("{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}"),
+            &format!(
+                "{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}"
+            ),
             &[("api-version", PIM_API_VERSION)],
         )
     }
@@ -114,12 +116,21 @@ impl PimBackend {
     }
 
     /// Poll the request while Azure is still working on it; returns its last status and body.
-    async fn settle(&self, scope: &str, name: &str, mut body: Value) -> Result<(String, Value), ArmError> {
+    async fn settle(
+        &self,
+        scope: &str,
+        name: &str,
+        mut body: Value,
+    ) -> Result<(String, Value), ArmError> {
         let deadline = tokio::time::Instant::now() + self.arm.retry.lro_timeout;
         let mut pause = std::time::Duration::from_millis(500);
         loop {
-            let status = body["properties"]["status"].as_str().unwrap_or("").to_string();
-            if !WAITING.contains(&status.as_str()) || tokio::time::Instant::now() + pause > deadline {
+            let status = body["properties"]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if !WAITING.contains(&status.as_str()) || tokio::time::Instant::now() + pause > deadline
+            {
                 return Ok((status, body));
             }
             tokio::time::sleep(pause).await;
@@ -149,9 +160,15 @@ impl PimBackend {
             .into_iter()
             .filter(|i| {
                 let p = &i["properties"];
-                p["principalId"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(principal))
-                    && p["roleDefinitionId"].as_str().is_some_and(|r| same_role(r, role))
-                    && p["scope"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(scope))
+                p["principalId"]
+                    .as_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(principal))
+                    && p["roleDefinitionId"]
+                        .as_str()
+                        .is_some_and(|r| same_role(r, role))
+                    && p["scope"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case(scope))
             })
             .collect())
     }
@@ -229,7 +246,8 @@ impl PimBackend {
                 let p = &inst["properties"];
                 Ok(GrantOutcome {
                     arm_request_name: name.to_string(),
-                    window: parse_azure_time(&p["startDateTime"]).zip(parse_azure_time(&p["endDateTime"])),
+                    window: parse_azure_time(&p["startDateTime"])
+                        .zip(parse_azure_time(&p["endDateTime"])),
                     detail: json!({
                         "arm_request_name": name,
                         "adopted": true,
@@ -305,9 +323,11 @@ fn grant_error(e: ArmError) -> ElevationError {
         _ if e.is_transient() => ElevationError::Transient(e.to_string()),
         // Possibly a role assignment still propagating; the job's retries give it time and
         // the last one says what to fix.
-        Some("AuthorizationFailed" | "LinkedAuthorizationFailed") => ElevationError::Transient(format!(
-            "twokey's identity may not assign roles on the guard (give it User Access Administrator on the Resource Guard): {msg}"
-        )),
+        Some("AuthorizationFailed" | "LinkedAuthorizationFailed") => {
+            ElevationError::Transient(format!(
+                "twokey's identity may not assign roles on the guard (give it User Access Administrator on the Resource Guard): {msg}"
+            ))
+        }
         _ => ElevationError::Refused(format!("Azure refused the assignment: {e}")),
     }
 }
@@ -317,11 +337,17 @@ impl Elevation for PimBackend {
         ElevationBackend::AzurePim
     }
 
-    fn grant<'a>(&'a self, spec: &'a GrantSpec) -> BoxFuture<'a, Result<GrantOutcome, ElevationError>> {
+    fn grant<'a>(
+        &'a self,
+        spec: &'a GrantSpec,
+    ) -> BoxFuture<'a, Result<GrantOutcome, ElevationError>> {
         Box::pin(self.grant_inner(spec))
     }
 
-    fn revoke<'a>(&'a self, a: &'a AssignmentRef) -> BoxFuture<'a, Result<RevokeOutcome, ElevationError>> {
+    fn revoke<'a>(
+        &'a self,
+        a: &'a AssignmentRef,
+    ) -> BoxFuture<'a, Result<RevokeOutcome, ElevationError>> {
         Box::pin(async move {
             let scope = a.scope.to_string();
             let name = step_guid(&a.request_id, &a.step).to_string();
@@ -371,7 +397,10 @@ impl Elevation for PimBackend {
         })
     }
 
-    fn confirm<'a>(&'a self, a: &'a AssignmentRef) -> BoxFuture<'a, Result<Presence, ElevationError>> {
+    fn confirm<'a>(
+        &'a self,
+        a: &'a AssignmentRef,
+    ) -> BoxFuture<'a, Result<Presence, ElevationError>> {
         Box::pin(async move {
             let scope = a.scope.to_string();
             let list = self
@@ -379,9 +408,8 @@ impl Elevation for PimBackend {
                 .await?;
             // Ours: it started within our window (a later, separate grant is not ours to judge).
             let ours = list.into_iter().find(|i| {
-                parse_azure_time(&i["properties"]["startDateTime"]).is_some_and(|s| {
-                    s >= a.active_from - SAME_WINDOW_SLACK && s <= a.active_until
-                })
+                parse_azure_time(&i["properties"]["startDateTime"])
+                    .is_some_and(|s| s >= a.active_from - SAME_WINDOW_SLACK && s <= a.active_until)
             });
             Ok(match ours {
                 Some(i) => Presence::Present {

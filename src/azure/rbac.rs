@@ -71,12 +71,7 @@ impl RbacBackend {
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| parse_azure_time(&Value::String(s.to_string())));
-        let window = until.map(|u| {
-            (
-                u - time::Duration::minutes(spec.duration_minutes),
-                u,
-            )
-        });
+        let window = until.map(|u| (u - time::Duration::minutes(spec.duration_minutes), u));
         GrantOutcome {
             arm_request_name: name.clone(),
             window,
@@ -95,13 +90,20 @@ impl Elevation for RbacBackend {
         ElevationBackend::AzureRbac
     }
 
-    fn grant<'a>(&'a self, spec: &'a GrantSpec) -> BoxFuture<'a, Result<GrantOutcome, ElevationError>> {
+    fn grant<'a>(
+        &'a self,
+        spec: &'a GrantSpec,
+    ) -> BoxFuture<'a, Result<GrantOutcome, ElevationError>> {
         Box::pin(async move {
             let scope = spec.scope.to_string();
             if let Some(b) = self.get(&scope, &spec.request_id).await? {
                 return Ok(self.outcome(spec, &b, true));
             }
-            match self.arm.put(self.url(&scope, &spec.request_id), &assign_body(spec)).await {
+            match self
+                .arm
+                .put(self.url(&scope, &spec.request_id), &assign_body(spec))
+                .await
+            {
                 Ok(r) => Ok(self.outcome(spec, &r.body, false)),
                 Err(e) => {
                     // A lost answer, or the same name already there: look it up by name.
@@ -117,9 +119,11 @@ impl Elevation for RbacBackend {
                             "The requester already holds this role on the Resource Guard through an assignment twokey did not make; twokey neither duplicates nor removes it. Azure: {msg}"
                         )),
                         _ if e.is_transient() => ElevationError::Transient(e.to_string()),
-                        Some("AuthorizationFailed" | "PrincipalNotFound") => ElevationError::Transient(format!(
-                            "{msg} (twokey's identity needs User Access Administrator on the Resource Guard; a new user may take a few minutes to replicate)"
-                        )),
+                        Some("AuthorizationFailed" | "PrincipalNotFound") => {
+                            ElevationError::Transient(format!(
+                                "{msg} (twokey's identity needs User Access Administrator on the Resource Guard; a new user may take a few minutes to replicate)"
+                            ))
+                        }
                         _ => ElevationError::Refused(format!("Azure refused the assignment: {e}")),
                     })
                 }
@@ -127,7 +131,10 @@ impl Elevation for RbacBackend {
         })
     }
 
-    fn revoke<'a>(&'a self, a: &'a AssignmentRef) -> BoxFuture<'a, Result<RevokeOutcome, ElevationError>> {
+    fn revoke<'a>(
+        &'a self,
+        a: &'a AssignmentRef,
+    ) -> BoxFuture<'a, Result<RevokeOutcome, ElevationError>> {
         Box::pin(async move {
             let scope = a.scope.to_string();
             match self.arm.delete(self.url(&scope, &a.request_id)).await {
@@ -147,7 +154,10 @@ impl Elevation for RbacBackend {
         })
     }
 
-    fn confirm<'a>(&'a self, a: &'a AssignmentRef) -> BoxFuture<'a, Result<Presence, ElevationError>> {
+    fn confirm<'a>(
+        &'a self,
+        a: &'a AssignmentRef,
+    ) -> BoxFuture<'a, Result<Presence, ElevationError>> {
         Box::pin(async move {
             Ok(match self.get(&a.scope.to_string(), &a.request_id).await? {
                 Some(b) => Presence::Present {

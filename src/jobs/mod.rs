@@ -116,7 +116,13 @@ impl Worker {
             .await?;
         match self.svc.reconcile(false).await {
             Ok(r) if r.removed + r.nudged + r.alerted > 0 => {
-                tracing::warn!(checked = r.checked, removed = r.removed, nudged = r.nudged, alerted = r.alerted, "reconciler acted");
+                tracing::warn!(
+                    checked = r.checked,
+                    removed = r.removed,
+                    nudged = r.nudged,
+                    alerted = r.alerted,
+                    "reconciler acted"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "reconcile failed"),

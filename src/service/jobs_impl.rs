@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 
 use super::{Service, ServiceError, ServiceResult, parse_state, parse_time};
 use crate::audit::{self, Action, Actor};
-use crate::azure::{AssignmentRef, ElevationError, GrantSpec};
 use crate::auth::review_token::ReviewClaims;
+use crate::azure::{AssignmentRef, ElevationError, GrantSpec};
 use crate::domain::operations;
 use crate::domain::policy::ElevationBackend;
 use crate::domain::request::{EndReason, RequestState};
@@ -373,10 +373,14 @@ impl Service {
         let grant = self.store.get_grant(rid).await?;
         // SECURITY: a revoke never gives up (JobKind::max_attempts); every failure here is a
         // retry, and each one stays visible in the job row.
-        let backend = self.backend_of(&req, grant.as_ref()).map_err(JobFailure::Retry)?;
+        let backend = self
+            .backend_of(&req, grant.as_ref())
+            .map_err(JobFailure::Retry)?;
         let outcome = match &grant {
             Some(g) => {
-                let a = self.assignment_of(&req, g, "revoke").map_err(JobFailure::Retry)?;
+                let a = self
+                    .assignment_of(&req, g, "revoke")
+                    .map_err(JobFailure::Retry)?;
                 match backend.revoke(&a).await {
                     Ok(o) => o,
                     Err(ElevationError::RetryAt(at, msg)) => {

@@ -70,7 +70,8 @@ impl Service {
                     report.nudged += 1;
                 }
                 if rbac && now - until > OUTLIVED_ALERT_AFTER {
-                    self.queue_watchers(&mut tx, &req, "outlived_window").await?;
+                    self.queue_watchers(&mut tx, &req, "outlived_window")
+                        .await?;
                     report.alerted += 1;
                 }
                 tx.commit().await?;
@@ -123,7 +124,8 @@ impl Service {
             )
             .await?;
             if rbac && now - until > OUTLIVED_ALERT_AFTER {
-                self.queue_watchers(&mut tx, &req, "outlived_window").await?;
+                self.queue_watchers(&mut tx, &req, "outlived_window")
+                    .await?;
                 report.alerted += 1;
             }
             tx.commit().await?;

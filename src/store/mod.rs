@@ -725,11 +725,13 @@ impl Tx {
 
     /// A note on an active request (why its end waits), shown in its view.
     pub async fn set_failure_message(&mut self, id: &str, message: &str) -> StoreResult<()> {
-        sqlx::query("update request set failure_message = $1 where request_id = $2 and state = 'active'")
-            .bind(message)
-            .bind(id)
-            .execute(&mut *self.inner)
-            .await?;
+        sqlx::query(
+            "update request set failure_message = $1 where request_id = $2 and state = 'active'",
+        )
+        .bind(message)
+        .bind(id)
+        .execute(&mut *self.inner)
+        .await?;
         Ok(())
     }
 

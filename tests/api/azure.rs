@@ -95,7 +95,11 @@ async fn view(app: &TestApp, id: &str) -> Value {
 }
 
 fn assert_spec_clean(fake: &FakeArm) {
-    assert_eq!(fake.violations(), Vec::<String>::new(), "requests outside the spec");
+    assert_eq!(
+        fake.violations(),
+        Vec::<String>::new(),
+        "requests outside the spec"
+    );
 }
 
 fn assign_puts(fake: &FakeArm) -> Vec<crate::fake_arm::Call> {
@@ -107,7 +111,10 @@ fn assign_puts(fake: &FakeArm) -> Vec<crate::fake_arm::Call> {
 
 /// The grant happened exactly once: one assignment, one request name.
 async fn assert_granted_once(app: &TestApp, fake: &FakeArm, id: &str) {
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(id).await, "active");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(id).await,
+        "active"
+    );
     assert_eq!(fake.created_instances().len(), 1, "exactly one assignment");
     assert_eq!(fake.instances().len(), 1);
     let names: std::collections::BTreeSet<String> =
@@ -145,7 +152,11 @@ async fn pim_grant_and_revoke_send_the_approved_role_scope_principal_and_window(
     assert_eq!(p["ticketInfo"]["ticketNumber"], "CHG-1234");
     assert!(p["justification"].as_str().unwrap().contains("CHG-1234"));
     // Confirmed through the schedule instances.
-    assert!(!fake.calls_to("GET", "/roleAssignmentScheduleInstances").is_empty());
+    assert!(
+        !fake
+            .calls_to("GET", "/roleAssignmentScheduleInstances")
+            .is_empty()
+    );
     let v = view(&app, &id).await;
     assert_eq!(v["active_from"], "2026-12-03T09:00:00.000000Z");
     assert_eq!(v["active_until"], "2026-12-03T09:30:00.000000Z");
@@ -153,7 +164,10 @@ async fn pim_grant_and_revoke_send_the_approved_role_scope_principal_and_window(
     // The window ends: AdminRemove for the same principal, role and scope.
     app.clock.advance(Duration::minutes(30));
     app.settle().await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "ended");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "ended"
+    );
     let removes: Vec<_> = fake
         .calls_to("PUT", "/roleAssignmentScheduleRequests/")
         .into_iter()
@@ -173,7 +187,10 @@ async fn rbac_grant_and_revoke_create_and_delete_one_plain_assignment(b: Backend
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-rbac").await;
     let id = approved_and_settled(&app).await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "active");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "active"
+    );
     let puts = fake.calls_to("PUT", "/roleAssignments/");
     assert_eq!(puts.len(), 1);
     assert!(puts[0].query.contains("api-version=2022-04-01"));
@@ -182,15 +199,26 @@ async fn rbac_grant_and_revoke_create_and_delete_one_plain_assignment(b: Backend
     assert_eq!(p["principalId"], ALICE_OID);
     assert_eq!(p["principalType"], "User");
     assert!(p["roleDefinitionId"].as_str().unwrap().ends_with(ROLE));
-    assert!(p["description"].as_str().unwrap().contains("expires 2026-12-03T09:30:00Z"));
+    assert!(
+        p["description"]
+            .as_str()
+            .unwrap()
+            .contains("expires 2026-12-03T09:30:00Z")
+    );
     assert_eq!(fake.role_assignments().len(), 1);
 
     app.clock.advance(Duration::minutes(30));
     app.settle().await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "ended");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "ended"
+    );
     let deletes = fake.calls_to("DELETE", "/roleAssignments/");
     assert_eq!(deletes.len(), 1);
-    assert_eq!(deletes[0].path, puts[0].path, "the same assignment is deleted");
+    assert_eq!(
+        deletes[0].path, puts[0].path,
+        "the same assignment is deleted"
+    );
     assert!(fake.role_assignments().is_empty());
     assert_spec_clean(&fake);
 }
@@ -198,7 +226,13 @@ async fn rbac_grant_and_revoke_create_and_delete_one_plain_assignment(b: Backend
 async fn a_throttled_grant_waits_for_retry_after_and_happens_once(b: Backend) {
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-pim").await;
-    fake.fault("PUT", "/roleAssignmentScheduleRequests/", None, FaultKind::Status(429, Some(1)), 2);
+    fake.fault(
+        "PUT",
+        "/roleAssignmentScheduleRequests/",
+        None,
+        FaultKind::Status(429, Some(1)),
+        2,
+    );
     let id = approved_and_settled(&app).await;
     assert_granted_once(&app, &fake, &id).await;
     let puts = assign_puts(&fake);
@@ -214,9 +248,27 @@ async fn a_throttled_grant_waits_for_retry_after_and_happens_once(b: Backend) {
 async fn server_errors_500_and_503_are_retried_and_the_grant_happens_once(b: Backend) {
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-pim").await;
-    fake.fault("PUT", "/roleAssignmentScheduleRequests/", None, FaultKind::Status(500, None), 1);
-    fake.fault("PUT", "/roleAssignmentScheduleRequests/", None, FaultKind::Status(503, Some(1)), 1);
-    fake.fault("GET", "/roleAssignmentScheduleInstances", None, FaultKind::Status(503, Some(1)), 1);
+    fake.fault(
+        "PUT",
+        "/roleAssignmentScheduleRequests/",
+        None,
+        FaultKind::Status(500, None),
+        1,
+    );
+    fake.fault(
+        "PUT",
+        "/roleAssignmentScheduleRequests/",
+        None,
+        FaultKind::Status(503, Some(1)),
+        1,
+    );
+    fake.fault(
+        "GET",
+        "/roleAssignmentScheduleInstances",
+        None,
+        FaultKind::Status(503, Some(1)),
+        1,
+    );
     let id = approved_and_settled(&app).await;
     assert_granted_once(&app, &fake, &id).await;
 }
@@ -225,7 +277,13 @@ async fn an_answer_that_times_out_is_not_a_second_grant(b: Backend) {
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-pim").await;
     // Azure makes the assignment but the answer comes after the client's 2 s timeout.
-    fake.fault("PUT", "/roleAssignmentScheduleRequests/", Some("AdminAssign"), FaultKind::LateAnswer(StdDuration::from_secs(4)), 1);
+    fake.fault(
+        "PUT",
+        "/roleAssignmentScheduleRequests/",
+        Some("AdminAssign"),
+        FaultKind::LateAnswer(StdDuration::from_secs(4)),
+        1,
+    );
     let id = approved_and_settled(&app).await;
     assert_granted_once(&app, &fake, &id).await;
     // The retried PUT met the assignment the first one made, and twokey adopted its own.
@@ -244,19 +302,38 @@ async fn a_connection_reset_is_retried_and_the_grant_happens_once(b: Backend) {
 async fn a_long_running_operation_is_polled_until_done(b: Backend) {
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-pim").await;
-    fake.fault("PUT", "/roleAssignmentScheduleRequests/", Some("AdminAssign"), FaultKind::Lro(3), 1);
+    fake.fault(
+        "PUT",
+        "/roleAssignmentScheduleRequests/",
+        Some("AdminAssign"),
+        FaultKind::Lro(3),
+        1,
+    );
     let id = approved_and_settled(&app).await;
     assert_granted_once(&app, &fake, &id).await;
-    assert_eq!(fake.calls_to("GET", "/operationStatus/").len(), 3, "three polls");
+    assert_eq!(
+        fake.calls_to("GET", "/operationStatus/").len(),
+        3,
+        "three polls"
+    );
 }
 
 async fn an_identical_existing_assignment_counts_as_the_grant(b: Backend) {
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-pim").await;
     // Already there for exactly the approved window (e.g. made by an earlier attempt).
-    fake.seed_instance(GUARD, ALICE_OID, ROLE, start_time(), Some(start_time() + Duration::minutes(30)));
+    fake.seed_instance(
+        GUARD,
+        ALICE_OID,
+        ROLE,
+        start_time(),
+        Some(start_time() + Duration::minutes(30)),
+    );
     let id = approved_and_settled(&app).await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "active");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "active"
+    );
     assert_eq!(fake.instances().len(), 1, "no second assignment");
     assert!(fake.created_instances().is_empty());
     let grant = app.svc.store.get_grant(&id).await.unwrap().unwrap();
@@ -268,13 +345,26 @@ async fn a_different_existing_assignment_fails_the_request_with_a_message(b: Bac
     let fake = FakeArm::start().await;
     let app = spawn_azure(b, &fake, "azure-pim").await;
     // A permanent assignment made outside twokey.
-    fake.seed_instance(GUARD, ALICE_OID, ROLE, start_time() - Duration::days(30), None);
+    fake.seed_instance(
+        GUARD,
+        ALICE_OID,
+        ROLE,
+        start_time() - Duration::days(30),
+        None,
+    );
     let id = approved_and_settled(&app).await;
     let v = view(&app, &id).await;
     assert_eq!(v["state"], "failed", "{v}");
     let msg = v["failure_message"].as_str().unwrap();
-    assert!(msg.contains("already holds this role") && msg.contains("RoleAssignmentExists"), "{msg}");
-    assert_eq!(fake.instances().len(), 1, "the other assignment is left alone");
+    assert!(
+        msg.contains("already holds this role") && msg.contains("RoleAssignmentExists"),
+        "{msg}"
+    );
+    assert_eq!(
+        fake.instances().len(),
+        1,
+        "the other assignment is left alone"
+    );
     assert_eq!(app.audit_count("grant.failed", Some(&id)).await, 1);
 }
 
@@ -286,20 +376,34 @@ async fn a_policy_validation_failure_fails_the_request_with_azures_message(b: Ba
         "PUT",
         "/roleAssignmentScheduleRequests/",
         None,
-        FaultKind::Error(400, "RoleAssignmentRequestPolicyValidationFailed", azure_says.into()),
+        FaultKind::Error(
+            400,
+            "RoleAssignmentRequestPolicyValidationFailed",
+            azure_says.into(),
+        ),
         1,
     );
     let id = approved_and_settled(&app).await;
     // Shown to approvers (the request view) and to the requester (the view and the mail).
     let v = view(&app, &id).await;
     assert_eq!(v["state"], "failed");
-    assert!(v["failure_message"].as_str().unwrap().contains(azure_says), "{v}");
+    assert!(
+        v["failure_message"].as_str().unwrap().contains(azure_says),
+        "{v}"
+    );
     let alice = app.client_as("alice@demo.twokey").await;
     let (_, mine) = alice.get_json(&format!("/api/v1/requests/{id}")).await;
-    assert!(mine["failure_message"].as_str().unwrap().contains("ExpirationRule"));
+    assert!(
+        mine["failure_message"]
+            .as_str()
+            .unwrap()
+            .contains("ExpirationRule")
+    );
     let mails = app.svc.store.list_notifications(100).await.unwrap();
     assert!(
-        mails.iter().any(|m| m.recipient == "alice@demo.twokey" && m.body.contains("ExpirationRule")),
+        mails
+            .iter()
+            .any(|m| m.recipient == "alice@demo.twokey" && m.body.contains("ExpirationRule")),
         "the requester's mail says why"
     );
     assert!(fake.instances().is_empty());
@@ -315,19 +419,36 @@ async fn an_early_end_within_five_minutes_waits_for_the_floor_and_says_so(b: Bac
         "PUT",
         "/roleAssignmentScheduleRequests/",
         Some("AdminRemove"),
-        FaultKind::Error(400, "ActiveDurationTooShort", "The Active duration is too short. Miniumum Required is 5 minutes.".into()),
+        FaultKind::Error(
+            400,
+            "ActiveDurationTooShort",
+            "The Active duration is too short. Miniumum Required is 5 minutes.".into(),
+        ),
         1,
     );
     let alice = app.client_as("alice@demo.twokey").await;
-    let (s, v) = alice.post_json(&format!("/api/v1/requests/{id}/end"), &json!({})).await;
+    let (s, v) = alice
+        .post_json(&format!("/api/v1/requests/{id}/end"), &json!({}))
+        .await;
     assert_eq!(s, 200, "{v}");
     app.settle().await;
     let v = view(&app, &id).await;
     assert_eq!(v["state"], "active", "Azure refused the early end");
     let note = v["failure_message"].as_str().unwrap();
-    assert!(note.contains("ActiveDurationTooShort") && note.contains("09:05:05"), "{note}");
-    let page = alice.get(&format!("/requests/{id}")).await.text().await.unwrap();
-    assert!(page.contains("ActiveDurationTooShort"), "the request page says why");
+    assert!(
+        note.contains("ActiveDurationTooShort") && note.contains("09:05:05"),
+        "{note}"
+    );
+    let page = alice
+        .get(&format!("/requests/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("ActiveDurationTooShort"),
+        "the request page says why"
+    );
     // Not before the floor…
     app.clock.advance(Duration::minutes(3));
     app.settle().await;
@@ -347,10 +468,19 @@ async fn the_reconciler_removes_an_assignment_found_after_its_window(b: Backend)
     let id = approved_and_settled(&app).await;
     app.clock.advance(Duration::minutes(30));
     app.settle().await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "ended");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "ended"
+    );
     assert!(fake.instances().is_empty());
     // Something puts the window's assignment back (a replayed request, a restore of RBAC…).
-    fake.seed_instance(GUARD, ALICE_OID, ROLE, start_time(), Some(start_time() + Duration::hours(8)));
+    fake.seed_instance(
+        GUARD,
+        ALICE_OID,
+        ROLE,
+        start_time(),
+        Some(start_time() + Duration::hours(8)),
+    );
     app.clock.advance(Duration::minutes(6));
     app.settle().await;
     assert!(fake.instances().is_empty(), "the reconciler removed it");
@@ -360,7 +490,11 @@ async fn the_reconciler_removes_an_assignment_found_after_its_window(b: Backend)
         .filter(|c| c.body["properties"]["requestType"] == "AdminRemove")
         .count();
     assert_eq!(removes, 2);
-    assert_eq!(app.audit_count("grant.failed", Some(&id)).await, 1, "recorded");
+    assert_eq!(
+        app.audit_count("grant.failed", Some(&id)).await,
+        1,
+        "recorded"
+    );
     assert_spec_clean(&fake);
 }
 
@@ -372,7 +506,10 @@ async fn an_rbac_assignment_that_outlives_its_window_alerts_watchers(b: Backend)
     fake.deny("/roleAssignments/");
     app.clock.advance(Duration::minutes(30));
     app.settle().await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "active");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "active"
+    );
     app.clock.advance(Duration::minutes(6));
     app.settle().await;
     let mails = app.svc.store.list_notifications(200).await.unwrap();
@@ -386,7 +523,10 @@ async fn an_rbac_assignment_that_outlives_its_window_alerts_watchers(b: Backend)
     fake.allow_all();
     app.clock.advance(Duration::minutes(10));
     app.settle().await;
-    assert_eq!(app.client_as("alice@demo.twokey").await.state(&id).await, "ended");
+    assert_eq!(
+        app.client_as("alice@demo.twokey").await.state(&id).await,
+        "ended"
+    );
     assert!(fake.role_assignments().is_empty());
 }
 
@@ -404,7 +544,12 @@ async fn a_guard_in_another_tenant_uses_that_tenants_token(b: Backend) {
 
 // ---- tokens (no database) ---------------------------------------------------------------
 
-fn cred(fake: &FakeArm, kind: twokey::config::CredentialKind, file: Option<std::path::PathBuf>, secret: &str) -> twokey::azure::credential::Credential {
+fn cred(
+    fake: &FakeArm,
+    kind: twokey::config::CredentialKind,
+    file: Option<std::path::PathBuf>,
+    secret: &str,
+) -> twokey::azure::credential::Credential {
     let cfg = twokey::config::CredentialConfig {
         kind,
         tenant_id: HOME_TENANT.into(),
@@ -422,7 +567,12 @@ async fn a_client_secret_token_is_reused_until_near_expiry_then_refreshed() {
     let fake = FakeArm::start().await;
     // 302 s: inside the 5-minute refresh margin after 2 s.
     fake.set_token_lifetime(302);
-    let c = cred(&fake, twokey::config::CredentialKind::ClientSecret, None, CLIENT_SECRET);
+    let c = cred(
+        &fake,
+        twokey::config::CredentialKind::ClientSecret,
+        None,
+        CLIENT_SECRET,
+    );
     let t1 = c.token().await.unwrap();
     let t2 = c.token().await.unwrap();
     assert_eq!(t1.expose(), t2.expose(), "reused");
@@ -442,19 +592,30 @@ async fn a_workload_identity_exchanges_the_federated_token_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
     std::fs::write(&file, format!("{FEDERATED_TOKEN}\n")).unwrap();
-    let c = cred(&fake, twokey::config::CredentialKind::WorkloadIdentity, Some(file), "unused");
+    let c = cred(
+        &fake,
+        twokey::config::CredentialKind::WorkloadIdentity,
+        Some(file),
+        "unused",
+    );
     c.token().await.unwrap();
     c.token().await.unwrap();
     let calls = fake.token_calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].kind, "client_assertion");
+    assert_eq!(calls[0].client_id, CLIENT_ID);
     assert_eq!(calls[0].tenant, HOME_TENANT);
 }
 
 #[tokio::test]
 async fn a_managed_identity_token_comes_from_the_metadata_endpoint() {
     let fake = FakeArm::start().await;
-    let c = cred(&fake, twokey::config::CredentialKind::ManagedIdentity, None, "unused");
+    let c = cred(
+        &fake,
+        twokey::config::CredentialKind::ManagedIdentity,
+        None,
+        "unused",
+    );
     c.token().await.unwrap();
     let calls = fake.token_calls();
     assert_eq!(calls[0].kind, "managed_identity");
@@ -464,7 +625,12 @@ async fn a_managed_identity_token_comes_from_the_metadata_endpoint() {
 #[tokio::test]
 async fn a_wrong_secret_is_reported_without_the_secret() {
     let fake = FakeArm::start().await;
-    let c = cred(&fake, twokey::config::CredentialKind::ClientSecret, None, "wrong-secret-value");
+    let c = cred(
+        &fake,
+        twokey::config::CredentialKind::ClientSecret,
+        None,
+        "wrong-secret-value",
+    );
     let e = c.token().await.unwrap_err().to_string();
     assert!(e.contains("AADSTS7000215"), "{e}");
     assert!(!e.contains("wrong-secret-value"));

@@ -169,7 +169,10 @@ async fn a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_res
     let broker = Broker::start(&bin, &config, port, &log).await;
     let a = create_approved(&broker.base).await;
     wait_for("the grant PUT", &log, async || {
-        (!fake.calls_to("PUT", "/roleAssignmentScheduleRequests/").is_empty()).then_some(())
+        (!fake
+            .calls_to("PUT", "/roleAssignmentScheduleRequests/")
+            .is_empty())
+        .then_some(())
     })
     .await;
     broker.kill().await;
@@ -187,12 +190,18 @@ async fn a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_res
         .into_iter()
         .filter(|c| c.body["properties"]["requestType"] == "AdminAssign")
         .count();
-    assert_eq!(assigns, 1, "the restarted broker found the first request by its name");
+    assert_eq!(
+        assigns, 1,
+        "the restarted broker found the first request by its name"
+    );
 
     // While running: the revoke's lateness after `active_until`.
     let until = timefmt::trunc(OffsetDateTime::now_utc() + time::Duration::seconds(2));
     set_window_end(&store, &a, until).await;
-    let remove = wait_for("the revoke", &log, async || removes_for(&fake).into_iter().next()).await;
+    let remove = wait_for("the revoke", &log, async || {
+        removes_for(&fake).into_iter().next()
+    })
+    .await;
     let late_running = remove.at_utc - until;
     wait_for("the end to be recorded", &log, async || {
         (state_of(&store, &a).await == "ended").then_some(())
@@ -210,7 +219,11 @@ async fn a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_res
     let until = timefmt::trunc(OffsetDateTime::now_utc() + time::Duration::seconds(1));
     set_window_end(&store, &bid, until).await;
     tokio::time::sleep(StdDuration::from_secs(3)).await;
-    assert_eq!(fake.instances().len(), 1, "the assignment outlived the window while down");
+    assert_eq!(
+        fake.instances().len(),
+        1,
+        "the assignment outlived the window while down"
+    );
     let restarted = OffsetDateTime::now_utc();
     let broker = Broker::start(&bin, &config, port, &log).await;
     let remove = wait_for("the revoke after restart", &log, async || {
@@ -225,7 +238,11 @@ async fn a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_res
     })
     .await;
     assert!(fake.instances().is_empty(), "removed");
-    assert_eq!(fake.created_instances().len(), 2, "one assignment per request");
+    assert_eq!(
+        fake.created_instances().len(),
+        2,
+        "one assignment per request"
+    );
     assert_eq!(fake.violations(), Vec::<String>::new());
     broker.kill().await;
     store.close().await;
@@ -239,7 +256,10 @@ async fn a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_res
 
 // ---- twokey check-azure -------------------------------------------------------------------
 
-async fn check_azure(fake: &FakeArm, change: impl FnOnce(&mut twokey::config::RawConfig)) -> (bool, String) {
+async fn check_azure(
+    fake: &FakeArm,
+    change: impl FnOnce(&mut twokey::config::RawConfig),
+) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut raw = test_config(dir.path(), "sqlite://unused.db");
     azure_config(&mut raw, fake, "azure-pim");
@@ -252,14 +272,18 @@ async fn check_azure(fake: &FakeArm, change: impl FnOnce(&mut twokey::config::Ra
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
 #[tokio::test]
 async fn check_azure_passes_when_the_broker_can_do_its_work() {
     let fake = FakeArm::start().await;
-    fake.add_guard(crate::azure::GUARD, &[&single_vault(), &rsv("rg-backup-prod", "bv-unused")]);
+    fake.add_guard(
+        crate::azure::GUARD,
+        &[&single_vault(), &rsv("rg-backup-prod", "bv-unused")],
+    );
     let (ok, out) = check_azure(&fake, |raw| {
         raw.guards.truncate(1);
         raw.guards[0].vaults = vec![single_vault()];
@@ -301,10 +325,20 @@ async fn check_azure_names_what_is_missing_and_the_fix() {
     assert!(out.contains("MISSING"));
     assert!(out.contains("User Access Administrator"), "{out}");
     assert!(out.contains("MUA is off for this vault"), "{out}");
-    assert!(out.contains("not found: check guards.resource_guard_id"), "{out}");
-    assert!(out.contains(&format!("token for tenant {GUARD_TENANT}")), "{out}");
+    assert!(
+        out.contains("not found: check guards.resource_guard_id"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("token for tenant {GUARD_TENANT}")),
+        "{out}"
+    );
     // The vault-side read for the cross-tenant guard carries the guard tenant's token.
     let proxy_reads = fake.calls_to("GET", "/backupResourceGuardProxies");
-    assert!(proxy_reads.iter().any(|c| c.aux_tenants == vec![GUARD_TENANT.to_string()]));
+    assert!(
+        proxy_reads
+            .iter()
+            .any(|c| c.aux_tenants == vec![GUARD_TENANT.to_string()])
+    );
     assert!(fake.calls_to("PUT", "/").is_empty());
 }

@@ -24,7 +24,8 @@ pub const HOME_TENANT: &str = "7a3e0000-0000-4000-8000-00000000aaaa";
 pub const GUARD_TENANT: &str = "9b1d0000-0000-4000-8000-00000000bbbb";
 pub const CLIENT_ID: &str = "c1e00000-0000-4000-8000-0000000000c1";
 pub const CLIENT_SECRET: &str = "fake-client-secret-value-1234567890";
-pub const FEDERATED_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dHdva2V5OnR3b2tleSJ9.c2ln";
+pub const FEDERATED_TOKEN: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dHdva2V5OnR3b2tleSJ9.c2ln";
 /// The broker's own service principal object id (the `oid` in the tokens it gets).
 pub const BROKER_OID: &str = "b40c0000-0000-4000-8000-0000000000b4";
 
@@ -173,12 +174,12 @@ fn load_spec() -> Vec<SpecOp> {
 fn path_matches(tpl: &[String], segs: &[&str]) -> bool {
     match tpl.first() {
         None => segs.is_empty(),
-        Some(t) if t == "{scope}" => {
-            (1..=segs.len()).any(|n| path_matches(&tpl[1..], &segs[n..]))
-        }
+        Some(t) if t == "{scope}" => (1..=segs.len()).any(|n| path_matches(&tpl[1..], &segs[n..])),
         Some(t) if t.starts_with('{') => !segs.is_empty() && path_matches(&tpl[1..], &segs[1..]),
         Some(t) => {
-            !segs.is_empty() && t.eq_ignore_ascii_case(segs[0]) && path_matches(&tpl[1..], &segs[1..])
+            !segs.is_empty()
+                && t.eq_ignore_ascii_case(segs[0])
+                && path_matches(&tpl[1..], &segs[1..])
         }
     }
 }
@@ -187,7 +188,11 @@ fn path_matches(tpl: &[String], segs: &[&str]) -> bool {
 fn check_schema(schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
     let ty = schema["type"]
         .as_str()
-        .or(if schema.get("properties").is_some() { Some("object") } else { None });
+        .or(if schema.get("properties").is_some() {
+            Some("object")
+        } else {
+            None
+        });
     match ty {
         Some("object") => {
             let Some(obj) = v.as_object() else {
@@ -222,14 +227,18 @@ fn check_schema(schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
             if let Some(en) = schema["enum"].as_array()
                 && !en.iter().any(|e| e == s)
             {
-                errs.push(format!("{at}: `{s}` is not one of the spec's values {en:?}"));
+                errs.push(format!(
+                    "{at}: `{s}` is not one of the spec's values {en:?}"
+                ));
             }
             if schema["format"] == "date-time" && OffsetDateTime::parse(s, &Rfc3339).is_err() {
                 errs.push(format!("{at}: `{s}` is not an RFC 3339 date-time"));
             }
         }
         Some("boolean") if !v.is_boolean() => errs.push(format!("{at}: expected a boolean")),
-        Some("integer" | "number") if !v.is_number() => errs.push(format!("{at}: expected a number")),
+        Some("integer" | "number") if !v.is_number() => {
+            errs.push(format!("{at}: expected a number"))
+        }
         Some("array") => match v.as_array() {
             Some(items) => {
                 for (i, it) in items.iter().enumerate() {
@@ -282,7 +291,10 @@ fn parse_iso_duration(s: &str) -> Option<time::Duration> {
 }
 
 fn same_role(a: &str, b: &str) -> bool {
-    a.rsplit('/').next().unwrap_or("").eq_ignore_ascii_case(b.rsplit('/').next().unwrap_or(""))
+    a.rsplit('/')
+        .next()
+        .unwrap_or("")
+        .eq_ignore_ascii_case(b.rsplit('/').next().unwrap_or(""))
 }
 
 impl FakeArm {
@@ -302,11 +314,14 @@ impl FakeArm {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(shared)
-            .layer(axum::middleware::map_response(|mut r: Response| async move {
-                // One request per connection, so a reset fault hits the next request.
-                r.headers_mut().insert("connection", HeaderValue::from_static("close"));
-                r
-            }));
+            .layer(axum::middleware::map_response(
+                |mut r: Response| async move {
+                    // One request per connection, so a reset fault hits the next request.
+                    r.headers_mut()
+                        .insert("connection", HeaderValue::from_static("close"));
+                    r
+                },
+            ));
         let listener = ResettingListener {
             inner: listener,
             state: state.clone(),
@@ -329,7 +344,10 @@ impl FakeArm {
         self.st().calls.clone()
     }
     pub fn calls_to(&self, method: &str, path_contains: &str) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.is(method, path_contains)).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.is(method, path_contains))
+            .collect()
     }
     pub fn token_calls(&self) -> Vec<TokenCall> {
         self.st().token_calls.clone()
@@ -352,7 +370,14 @@ impl FakeArm {
         self.st().token_lifetime = secs;
     }
     /// Inject a fault for the next `times` matching requests.
-    pub fn fault(&self, method: &'static str, path_contains: &str, body_contains: Option<&str>, kind: FaultKind, times: usize) {
+    pub fn fault(
+        &self,
+        method: &'static str,
+        path_contains: &str,
+        body_contains: Option<&str>,
+        kind: FaultKind,
+        times: usize,
+    ) {
         self.st().faults.push(Fault {
             method,
             path_contains: path_contains.to_string(),
@@ -377,12 +402,24 @@ impl FakeArm {
         self.st().denied.clear();
     }
     /// An assignment made outside twokey.
-    pub fn seed_instance(&self, scope: &str, principal: &str, role_guid: &str, start: OffsetDateTime, end: Option<OffsetDateTime>) {
+    pub fn seed_instance(
+        &self,
+        scope: &str,
+        principal: &str,
+        role_guid: &str,
+        start: OffsetDateTime,
+        end: Option<OffsetDateTime>,
+    ) {
         let inst = Instance {
-            id: format!("{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleInstances/{}", uuid::Uuid::new_v4()),
+            id: format!(
+                "{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleInstances/{}",
+                uuid::Uuid::new_v4()
+            ),
             scope: scope.to_string(),
             principal_id: principal.to_string(),
-            role_definition_id: format!("/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"),
+            role_definition_id: format!(
+                "/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
+            ),
             start,
             end,
             schedule_id: uuid::Uuid::new_v4().to_string(),
@@ -397,7 +434,8 @@ impl FakeArm {
             "location": "westeurope", "properties": { "provisioningState": "Succeeded" }
         }));
         for v in linked_vaults {
-            st.links.insert(v.to_ascii_lowercase(), guard_id.to_string());
+            st.links
+                .insert(v.to_ascii_lowercase(), guard_id.to_string());
         }
     }
 }
@@ -441,28 +479,51 @@ impl axum::serve::Listener for ResettingListener {
     }
 }
 
-async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(sh): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
-    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let q: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     if method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
         return token(&sh, &path, &body);
     }
     if path == "/metadata/identity/oauth2/token" {
         return imds(&sh, &headers, &q);
     }
-    let body_json: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(json!("<not json>")) };
-    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let body_json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(json!("<not json>"))
+    };
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
     let aux: Vec<String> = headers
         .get("x-ms-authorization-auxiliary")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').filter_map(|p| p.trim().strip_prefix("Bearer ").map(str::to_string)).collect())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|p| p.trim().strip_prefix("Bearer ").map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let (tenant, aux_tenants, token_ok) = {
         let st = sh.state.lock().unwrap();
         let t = bearer.as_ref().and_then(|b| st.tokens.get(b)).cloned();
         let ok = t.as_ref().is_some_and(|(_, exp)| Instant::now() < *exp);
-        let aux_tenants = aux.iter().filter_map(|a| st.tokens.get(a).map(|(t, _)| t.clone())).collect();
+        let aux_tenants = aux
+            .iter()
+            .filter_map(|a| st.tokens.get(a).map(|(t, _)| t.clone()))
+            .collect();
         (t.map(|(t, _)| t), aux_tenants, ok)
     };
     {
@@ -482,22 +543,36 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
         return operation_status(&sh, op);
     }
     if !token_ok {
-        return arm_error(401, "InvalidAuthenticationToken", "The access token is missing, invalid or expired.");
+        return arm_error(
+            401,
+            "InvalidAuthenticationToken",
+            "The access token is missing, invalid or expired.",
+        );
     }
     // The spec: operation, api-version, body.
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let Some(op) = sh.spec.iter().find(|o| o.method == method.as_str() && path_matches(&o.path, &segs)) else {
+    let Some(op) = sh
+        .spec
+        .iter()
+        .find(|o| o.method == method.as_str() && path_matches(&o.path, &segs))
+    else {
         let v = format!("{method} {path}: no such operation in the carried spec");
         sh.state.lock().unwrap().violations.push(v.clone());
         return arm_error(404, "NoSuchOperation", &v);
     };
     let mut errs = Vec::new();
     if q.get("api-version") != Some(&op.api_version) {
-        errs.push(format!("api-version {:?}, the spec says {}", q.get("api-version"), op.api_version));
+        errs.push(format!(
+            "api-version {:?}, the spec says {}",
+            q.get("api-version"),
+            op.api_version
+        ));
     }
     match (&op.body, body_json.is_null()) {
         (Some(schema), false) => check_schema(schema, &body_json, "body", &mut errs),
-        (Some(_), true) if op.body_required => errs.push("body: required by the spec, missing".into()),
+        (Some(_), true) if op.body_required => {
+            errs.push("body: required by the spec, missing".into())
+        }
         (None, false) => errs.push("body: the spec takes none".into()),
         _ => {}
     }
@@ -514,7 +589,9 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
             f.times > 0
                 && f.method == method.as_str()
                 && path.contains(&f.path_contains)
-                && f.body_contains.as_ref().is_none_or(|b| body_text.contains(b))
+                && f.body_contains
+                    .as_ref()
+                    .is_none_or(|b| body_text.contains(b))
         });
         pos.map(|i| {
             st.faults[i].times -= 1;
@@ -525,9 +602,20 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
     let mut lro = None;
     match fault {
         Some(FaultKind::Status(s, retry_after)) => {
-            let mut r = arm_error(s, if s == 429 { "TooManyRequests" } else { "InternalServerError" }, "injected fault");
+            let mut r = arm_error(
+                s,
+                if s == 429 {
+                    "TooManyRequests"
+                } else {
+                    "InternalServerError"
+                },
+                "injected fault",
+            );
             if let Some(ra) = retry_after {
-                r.headers_mut().insert("retry-after", HeaderValue::from_str(&ra.to_string()).unwrap());
+                r.headers_mut().insert(
+                    "retry-after",
+                    HeaderValue::from_str(&ra.to_string()).unwrap(),
+                );
             }
             return r;
         }
@@ -536,8 +624,21 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
         Some(FaultKind::Lro(n)) => lro = Some(n),
         None => {}
     }
-    if sh.state.lock().unwrap().denied.iter().any(|d| path.contains(d.as_str())) {
-        return arm_error(403, "AuthorizationFailed", &format!("The client '{CLIENT_ID}' with object id '{BROKER_OID}' does not have authorization to perform action over scope '{path}' or the scope is invalid."));
+    if sh
+        .state
+        .lock()
+        .unwrap()
+        .denied
+        .iter()
+        .any(|d| path.contains(d.as_str()))
+    {
+        return arm_error(
+            403,
+            "AuthorizationFailed",
+            &format!(
+                "The client '{CLIENT_ID}' with object id '{BROKER_OID}' does not have authorization to perform action over scope '{path}' or the scope is invalid."
+            ),
+        );
     }
     let resp = route(&sh, &method, &path, &q, &body_json, lro);
     if let Some(d) = late {
@@ -547,15 +648,35 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
 }
 
 fn token(sh: &Shared, path: &str, body: &[u8]) -> Response {
-    let tenant = path.trim_start_matches('/').split('/').next().unwrap_or("").to_string();
+    let tenant = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let get = |k: &str| form.get(k).cloned().unwrap_or_default();
-    let kind = if form.contains_key("client_secret") { "client_secret" } else { "client_assertion" };
+    let kind = if form.contains_key("client_secret") {
+        "client_secret"
+    } else {
+        "client_assertion"
+    };
     let mut st = sh.state.lock().unwrap();
-    st.token_calls.push(TokenCall { tenant: tenant.clone(), kind: kind.into(), client_id: get("client_id"), scope: get("scope") });
-    let bad = |d: &str| (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client", "error_description": d, "error_codes": [7000215]}))).into_response();
+    st.token_calls.push(TokenCall {
+        tenant: tenant.clone(),
+        kind: kind.into(),
+        client_id: get("client_id"),
+        scope: get("scope"),
+    });
+    let bad = |d: &str| {
+        (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client", "error_description": d, "error_codes": [7000215]}))).into_response()
+    };
     if get("grant_type") != "client_credentials" {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "unsupported_grant_type"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "unsupported_grant_type"})),
+        )
+            .into_response();
     }
     if get("scope") != format!("{}/.default", sh.base) {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_scope", "error_description": format!("AADSTS70011: scope {} is not valid", get("scope"))}))).into_response();
@@ -565,28 +686,59 @@ fn token(sh: &Shared, path: &str, body: &[u8]) -> Response {
     }
     let ok = match kind {
         "client_secret" => get("client_secret") == CLIENT_SECRET,
-        _ => get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" && get("client_assertion") == FEDERATED_TOKEN,
+        _ => {
+            get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                && get("client_assertion") == FEDERATED_TOKEN
+        }
     };
     if !ok {
         return bad("AADSTS7000215: Invalid client secret provided.");
     }
     st.token_counter += 1;
-    let tok = format!("{}.{}.sig", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&json!({"oid": BROKER_OID, "tid": tenant, "appid": CLIENT_ID, "n": st.token_counter})));
+    let tok = format!(
+        "{}.{}.sig",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&json!({"oid": BROKER_OID, "tid": tenant, "appid": CLIENT_ID, "n": st.token_counter}))
+    );
     let life = st.token_lifetime;
-    st.tokens.insert(tok.clone(), (tenant, Instant::now() + Duration::from_secs(life)));
+    st.tokens.insert(
+        tok.clone(),
+        (tenant, Instant::now() + Duration::from_secs(life)),
+    );
     axum::Json(json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": tok})).into_response()
 }
 
 fn imds(sh: &Shared, headers: &HeaderMap, q: &HashMap<String, String>) -> Response {
     let mut st = sh.state.lock().unwrap();
-    st.token_calls.push(TokenCall { tenant: HOME_TENANT.into(), kind: "managed_identity".into(), client_id: q.get("client_id").cloned().unwrap_or_default(), scope: q.get("resource").cloned().unwrap_or_default() });
-    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") || q.get("api-version").map(String::as_str) != Some("2018-02-01") {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_request"}))).into_response();
+    st.token_calls.push(TokenCall {
+        tenant: HOME_TENANT.into(),
+        kind: "managed_identity".into(),
+        client_id: q.get("client_id").cloned().unwrap_or_default(),
+        scope: q.get("resource").cloned().unwrap_or_default(),
+    });
+    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true")
+        || q.get("api-version").map(String::as_str) != Some("2018-02-01")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request"})),
+        )
+            .into_response();
     }
     st.token_counter += 1;
-    let tok = format!("{}.{}.sig", b64(&json!({"alg": "none"})), b64(&json!({"oid": BROKER_OID, "tid": HOME_TENANT, "n": st.token_counter})));
+    let tok = format!(
+        "{}.{}.sig",
+        b64(&json!({"alg": "none"})),
+        b64(&json!({"oid": BROKER_OID, "tid": HOME_TENANT, "n": st.token_counter}))
+    );
     let life = st.token_lifetime;
-    st.tokens.insert(tok.clone(), (HOME_TENANT.into(), Instant::now() + Duration::from_secs(life)));
+    st.tokens.insert(
+        tok.clone(),
+        (
+            HOME_TENANT.into(),
+            Instant::now() + Duration::from_secs(life),
+        ),
+    );
     // The metadata service sends numbers as strings.
     axum::Json(json!({"access_token": tok, "refresh_token": "", "expires_in": life.to_string(), "expires_on": (OffsetDateTime::now_utc().unix_timestamp() + life as i64).to_string(), "resource": q.get("resource"), "token_type": "Bearer"})).into_response()
 }
@@ -598,7 +750,11 @@ fn operation_status(sh: &Shared, op: &str) -> Response {
     };
     if l.remaining > 1 {
         l.remaining -= 1;
-        return ([("retry-after", "1")], axum::Json(json!({"id": op, "name": op, "status": "InProgress"}))).into_response();
+        return (
+            [("retry-after", "1")],
+            axum::Json(json!({"id": op, "name": op, "status": "InProgress"})),
+        )
+            .into_response();
     }
     let key = l.request_key.clone();
     st.lros.remove(op);
@@ -612,10 +768,20 @@ fn operation_status(sh: &Shared, op: &str) -> Response {
     axum::Json(json!({"id": op, "name": op, "status": "Succeeded"})).into_response()
 }
 
-fn route(sh: &Shared, method: &Method, path: &str, q: &HashMap<String, String>, body: &Value, lro: Option<u32>) -> Response {
+fn route(
+    sh: &Shared,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    body: &Value,
+    lro: Option<u32>,
+) -> Response {
     let lower = path.to_ascii_lowercase();
     let (scope, rest) = match lower.find("/providers/microsoft.authorization/") {
-        Some(i) => (&path[..i], &path[i + "/providers/Microsoft.Authorization/".len()..]),
+        Some(i) => (
+            &path[..i],
+            &path[i + "/providers/Microsoft.Authorization/".len()..],
+        ),
         None => (path, ""),
     };
     let mut st = sh.state.lock().unwrap();
@@ -625,8 +791,15 @@ fn route(sh: &Shared, method: &Method, path: &str, q: &HashMap<String, String>, 
             let key = path.to_ascii_lowercase();
             let p = &body["properties"];
             let principal = p["principalId"].as_str().unwrap_or_default().to_string();
-            let role = p["roleDefinitionId"].as_str().unwrap_or_default().to_string();
-            let active = st.instances.iter().position(|i| i.scope.eq_ignore_ascii_case(scope) && i.principal_id == principal && same_role(&i.role_definition_id, &role));
+            let role = p["roleDefinitionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let active = st.instances.iter().position(|i| {
+                i.scope.eq_ignore_ascii_case(scope)
+                    && i.principal_id == principal
+                    && same_role(&i.role_definition_id, &role)
+            });
             let mut resp = json!({
                 "id": path, "name": name, "type": "Microsoft.Authorization/RoleAssignmentScheduleRequests",
                 "properties": p.clone(),
@@ -637,24 +810,60 @@ fn route(sh: &Shared, method: &Method, path: &str, q: &HashMap<String, String>, 
             match p["requestType"].as_str() {
                 Some("AdminAssign") => {
                     if active.is_some() {
-                        return arm_error(400, "RoleAssignmentExists", "The Role assignment already exists.");
+                        return arm_error(
+                            400,
+                            "RoleAssignmentExists",
+                            "The Role assignment already exists.",
+                        );
                     }
-                    let start = p["scheduleInfo"]["startDateTime"].as_str().and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()).unwrap_or_else(OffsetDateTime::now_utc);
-                    let end = p["scheduleInfo"]["expiration"]["duration"].as_str().and_then(parse_iso_duration).map(|d| start + d);
+                    let start = p["scheduleInfo"]["startDateTime"]
+                        .as_str()
+                        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+                        .unwrap_or_else(OffsetDateTime::now_utc);
+                    let end = p["scheduleInfo"]["expiration"]["duration"]
+                        .as_str()
+                        .and_then(parse_iso_duration)
+                        .map(|d| start + d);
                     let schedule_id = uuid::Uuid::new_v4().to_string();
                     let inst = Instance {
-                        id: format!("{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleInstances/{}", uuid::Uuid::new_v4()),
-                        scope: scope.to_string(), principal_id: principal, role_definition_id: role, start, end,
-                        schedule_id: format!("{scope}/providers/Microsoft.Authorization/roleAssignmentSchedules/{schedule_id}"),
+                        id: format!(
+                            "{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleInstances/{}",
+                            uuid::Uuid::new_v4()
+                        ),
+                        scope: scope.to_string(),
+                        principal_id: principal,
+                        role_definition_id: role,
+                        start,
+                        end,
+                        schedule_id: format!(
+                            "{scope}/providers/Microsoft.Authorization/roleAssignmentSchedules/{schedule_id}"
+                        ),
                     };
                     resp["properties"]["targetRoleAssignmentScheduleId"] = json!(inst.schedule_id);
                     if let Some(polls) = lro {
                         resp["properties"]["status"] = json!("PendingProvisioning");
                         let op = uuid::Uuid::new_v4().to_string();
-                        st.lros.insert(op.clone(), Lro { remaining: polls, request_key: key.clone() });
+                        st.lros.insert(
+                            op.clone(),
+                            Lro {
+                                remaining: polls,
+                                request_key: key.clone(),
+                            },
+                        );
                         st.pending.insert(key.clone(), inst);
                         st.requests.insert(key, resp.clone());
-                        return (StatusCode::CREATED, [("azure-asyncoperation", format!("{}/operationStatus/{op}", sh.base)), ("retry-after", "1".into())], axum::Json(resp)).into_response();
+                        return (
+                            StatusCode::CREATED,
+                            [
+                                (
+                                    "azure-asyncoperation",
+                                    format!("{}/operationStatus/{op}", sh.base),
+                                ),
+                                ("retry-after", "1".into()),
+                            ],
+                            axum::Json(resp),
+                        )
+                            .into_response();
                     }
                     resp["properties"]["status"] = json!("Provisioned");
                     st.instances.push(inst.clone());
@@ -662,33 +871,56 @@ fn route(sh: &Shared, method: &Method, path: &str, q: &HashMap<String, String>, 
                 }
                 Some("AdminRemove") => {
                     let Some(i) = active else {
-                        return arm_error(400, "RoleAssignmentDoesNotExist", "The Role assignment does not exist.");
+                        return arm_error(
+                            400,
+                            "RoleAssignmentDoesNotExist",
+                            "The Role assignment does not exist.",
+                        );
                     };
                     st.instances.remove(i);
                     resp["properties"]["status"] = json!("Revoked");
                 }
-                other => return arm_error(400, "InvalidRequestType", &format!("fake does not do {other:?}")),
+                other => {
+                    return arm_error(
+                        400,
+                        "InvalidRequestType",
+                        &format!("fake does not do {other:?}"),
+                    );
+                }
             }
             st.requests.insert(key, resp.clone());
             (StatusCode::CREATED, axum::Json(resp)).into_response()
         }
-        ("GET", ["roleAssignmentScheduleRequests", _]) => match st.requests.get(&path.to_ascii_lowercase()) {
-            Some(r) => axum::Json(r.clone()).into_response(),
-            None => arm_error(404, "RoleAssignmentScheduleRequestNotFound", "not found"),
-        },
+        ("GET", ["roleAssignmentScheduleRequests", _]) => {
+            match st.requests.get(&path.to_ascii_lowercase()) {
+                Some(r) => axum::Json(r.clone()).into_response(),
+                None => arm_error(404, "RoleAssignmentScheduleRequestNotFound", "not found"),
+            }
+        }
         ("POST", ["roleAssignmentScheduleRequests", _, "validate"]) => {
             let p = &body["properties"];
             let principal = p["principalId"].as_str().unwrap_or_default();
             let role = p["roleDefinitionId"].as_str().unwrap_or_default();
-            let active = st.instances.iter().any(|i| i.scope.eq_ignore_ascii_case(scope) && i.principal_id == principal && same_role(&i.role_definition_id, role));
+            let active = st.instances.iter().any(|i| {
+                i.scope.eq_ignore_ascii_case(scope)
+                    && i.principal_id == principal
+                    && same_role(&i.role_definition_id, role)
+            });
             if p["requestType"] == "AdminRemove" && !active {
-                return arm_error(400, "RoleAssignmentDoesNotExist", "The Role assignment does not exist.");
+                return arm_error(
+                    400,
+                    "RoleAssignmentDoesNotExist",
+                    "The Role assignment does not exist.",
+                );
             }
             axum::Json(json!({"id": path, "properties": p})).into_response()
         }
         ("GET", ["roleAssignmentScheduleInstances"]) => {
             let filter = q.get("$filter").cloned().unwrap_or_default();
-            let want = filter.strip_prefix("principalId eq '").and_then(|f| f.strip_suffix('\'')).map(str::to_string);
+            let want = filter
+                .strip_prefix("principalId eq '")
+                .and_then(|f| f.strip_suffix('\''))
+                .map(str::to_string);
             let value: Vec<Value> = st
                 .instances
                 .iter()
@@ -715,11 +947,19 @@ fn route(sh: &Shared, method: &Method, path: &str, q: &HashMap<String, String>, 
             let principal = p["principalId"].as_str().unwrap_or_default();
             let role = p["roleDefinitionId"].as_str().unwrap_or_default();
             if st.role_assignments.values().any(|a| {
-                a["properties"]["scope"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(scope))
+                a["properties"]["scope"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(scope))
                     && a["properties"]["principalId"] == principal
-                    && a["properties"]["roleDefinitionId"].as_str().is_some_and(|r| same_role(r, role))
+                    && a["properties"]["roleDefinitionId"]
+                        .as_str()
+                        .is_some_and(|r| same_role(r, role))
             }) {
-                return arm_error(409, "RoleAssignmentExists", "The role assignment already exists.");
+                return arm_error(
+                    409,
+                    "RoleAssignmentExists",
+                    "The role assignment already exists.",
+                );
             }
             let mut a = json!({"id": path, "name": name, "type": "Microsoft.Authorization/roleAssignments", "properties": p.clone()});
             a["properties"]["scope"] = json!(scope);
@@ -727,25 +967,48 @@ fn route(sh: &Shared, method: &Method, path: &str, q: &HashMap<String, String>, 
             st.role_assignments.insert(key, a.clone());
             (StatusCode::CREATED, axum::Json(a)).into_response()
         }
-        ("GET", ["roleAssignments", _]) => match st.role_assignments.get(&path.to_ascii_lowercase()) {
-            Some(a) => axum::Json(a.clone()).into_response(),
-            None => arm_error(404, "RoleAssignmentNotFound", "The role assignment does not exist."),
-        },
-        ("DELETE", ["roleAssignments", _]) => match st.role_assignments.remove(&path.to_ascii_lowercase()) {
-            Some(a) => axum::Json(a).into_response(),
-            None => StatusCode::NO_CONTENT.into_response(),
-        },
+        ("GET", ["roleAssignments", _]) => {
+            match st.role_assignments.get(&path.to_ascii_lowercase()) {
+                Some(a) => axum::Json(a.clone()).into_response(),
+                None => arm_error(
+                    404,
+                    "RoleAssignmentNotFound",
+                    "The role assignment does not exist.",
+                ),
+            }
+        }
+        ("DELETE", ["roleAssignments", _]) => {
+            match st.role_assignments.remove(&path.to_ascii_lowercase()) {
+                Some(a) => axum::Json(a).into_response(),
+                None => StatusCode::NO_CONTENT.into_response(),
+            }
+        }
         ("GET", ["roleAssignments"]) => {
-            let value: Vec<Value> = st.role_assignments.values().filter(|a| a["properties"]["scope"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(scope))).cloned().collect();
+            let value: Vec<Value> = st
+                .role_assignments
+                .values()
+                .filter(|a| {
+                    a["properties"]["scope"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case(scope))
+                })
+                .cloned()
+                .collect();
             axum::Json(json!({ "value": value })).into_response()
         }
-        ("GET", _) if lower.contains("/providers/microsoft.dataprotection/resourceguards/") => match st.guards.get(&lower) {
-            Some(g) => axum::Json(g.clone()).into_response(),
-            None => arm_error(404, "ResourceNotFound", "The Resource was not found."),
-        },
+        ("GET", _) if lower.contains("/providers/microsoft.dataprotection/resourceguards/") => {
+            match st.guards.get(&lower) {
+                Some(g) => axum::Json(g.clone()).into_response(),
+                None => arm_error(404, "ResourceNotFound", "The Resource was not found."),
+            }
+        }
         ("GET", _) if lower.ends_with("/backupresourceguardproxies") => {
             let vault = &lower[..lower.len() - "/backupresourceguardproxies".len()];
-            let name = if lower.contains("microsoft.recoveryservices") { "VaultProxy" } else { "DppResourceGuardProxy" };
+            let name = if lower.contains("microsoft.recoveryservices") {
+                "VaultProxy"
+            } else {
+                "DppResourceGuardProxy"
+            };
             let value: Vec<Value> = st.links.get(vault).map(|g| json!({"id": format!("{path}/{name}"), "name": name, "properties": {"resourceGuardResourceId": g}})).into_iter().collect();
             axum::Json(json!({ "value": value })).into_response()
         }
