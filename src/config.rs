@@ -1558,6 +1558,60 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_has_only_known_keys() {
+        let raw: RawConfig = toml::from_str(include_str!("../deploy/config.example.toml"))
+            .expect("deploy/config.example.toml parses");
+        assert_eq!(raw.azure.credential.as_deref(), Some("managed-identity"));
+    }
+
+    #[test]
+    fn an_azure_guard_needs_the_azure_section() {
+        let mut raw = minimal();
+        raw.guards[0].elevation = Some("azure-pim".into());
+        let errs = raw.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"azure.tenant_id"), "{keys:?}");
+        assert!(keys.contains(&"azure.credential"), "{keys:?}");
+    }
+
+    #[test]
+    fn azure_settings_are_checked() {
+        let mut raw = minimal();
+        raw.guards[0].elevation = Some("azure-rbac".into());
+        raw.azure.tenant_id = Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into());
+        raw.azure.credential = Some("managed-identity".into());
+        let c = raw.validate().unwrap();
+        let az = c.azure.unwrap();
+        assert_eq!(az.arm_endpoint.as_str(), "https://management.azure.com/");
+        assert_eq!(az.credential_for("g").kind, CredentialKind::ManagedIdentity);
+
+        let mut raw = minimal();
+        raw.guards[0].elevation = Some("azure-pim".into());
+        raw.guards[0].tenant_id = Some("other.onmicrosoft.com".into());
+        raw.azure.tenant_id = Some("home.onmicrosoft.com".into());
+        raw.azure.credential = Some("managed-identity".into());
+        raw.azure.arm_endpoint = Some("http://arm.example.com".into());
+        raw.azure.credential = Some("managed-identity".into());
+        let errs = raw.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"guards[0].credential"), "{keys:?}");
+        assert!(keys.contains(&"azure.arm_endpoint"), "{keys:?}");
+
+        let mut raw = minimal();
+        raw.guards[0].elevation = Some("azure-pim".into());
+        raw.azure.tenant_id = Some("home.onmicrosoft.com".into());
+        raw.azure.credential = Some("client-secret".into());
+        raw.azure.client_id = Some("c1".into());
+        raw.azure.client_secret = Some("s3cret-value".into());
+        raw.guards[0].tenant_id = Some("guard.onmicrosoft.com".into());
+        let c = raw.validate().unwrap();
+        let az = c.azure.unwrap();
+        assert_eq!(az.credential_for("g").tenant_id, "guard.onmicrosoft.com");
+        assert_eq!(az.home.tenant_id, "home.onmicrosoft.com");
+        assert!(!format!("{az:?}").contains("s3cret-value"));
+    }
+
+    #[test]
     fn env_keys_map_to_sections() {
         assert_eq!(env_key("database_url"), "database.url");
         assert_eq!(env_key("server_public_url"), "server.public_url");
