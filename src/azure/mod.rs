@@ -88,6 +88,8 @@ pub struct AssignmentRef {
     /// Names the ARM request of this removal (`revoke`, or `reconcile-…` for a second one).
     pub step: String,
     pub justification: String,
+    /// What the grant recorded from Azure (e.g. the PIM schedule id), to recognise it.
+    pub grant_detail: Value,
 }
 
 #[derive(Debug, Clone)]

@@ -36,6 +36,8 @@ const PENDING_APPROVAL: &[&str] = &[
     "PendingAdminDecision",
 ];
 
+/// An instance that started this close to our window's start is ours.
+const START_SLACK: Duration = Duration::minutes(2);
 /// A grant whose end differs from the approved one by more than this is not "ours".
 const SAME_WINDOW_SLACK: Duration = Duration::minutes(10);
 
@@ -406,10 +408,15 @@ impl Elevation for PimBackend {
             let list = self
                 .instances(&scope, &a.principal_object_id, &a.role_definition_id)
                 .await?;
-            // Ours: it started within our window (a later, separate grant is not ours to judge).
+            // Ours: the schedule our request created, or one that started when our window did.
+            // (Not merely "within our window": a later grant to the same person, after an
+            // early end, is not ours to remove.)
+            let schedule = a.grant_detail["target_role_assignment_schedule_id"].as_str();
             let ours = list.into_iter().find(|i| {
-                parse_azure_time(&i["properties"]["startDateTime"])
-                    .is_some_and(|s| s >= a.active_from - SAME_WINDOW_SLACK && s <= a.active_until)
+                let p = &i["properties"];
+                (schedule.is_some() && p["roleAssignmentScheduleId"].as_str() == schedule)
+                    || parse_azure_time(&p["startDateTime"])
+                        .is_some_and(|s| (s - a.active_from).abs() <= START_SLACK)
             });
             Ok(match ours {
                 Some(i) => Presence::Present {

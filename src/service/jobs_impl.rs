@@ -338,6 +338,11 @@ impl Service {
             active_until: until,
             step: step.to_string(),
             justification: format!("twokey {}: window over", req.request_id),
+            grant_detail: grant
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or_default(),
         })
     }
 

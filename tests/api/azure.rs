@@ -30,6 +30,7 @@ both_backends!(
     a_policy_validation_failure_fails_the_request_with_azures_message,
     an_early_end_within_five_minutes_waits_for_the_floor_and_says_so,
     the_reconciler_removes_an_assignment_found_after_its_window,
+    the_reconciler_leaves_a_later_grant_to_the_same_person_alone,
     an_rbac_assignment_that_outlives_its_window_alerts_watchers,
     a_guard_in_another_tenant_uses_that_tenants_token,
 );
@@ -495,6 +496,34 @@ async fn the_reconciler_removes_an_assignment_found_after_its_window(b: Backend)
         1,
         "recorded"
     );
+    assert_spec_clean(&fake);
+}
+
+async fn the_reconciler_leaves_a_later_grant_to_the_same_person_alone(b: Backend) {
+    let fake = FakeArm::start().await;
+    let app = spawn_azure(b, &fake, "azure-pim").await;
+    let first = approved_and_settled(&app).await;
+    // The first window ends early; a second request is granted inside the first's time span.
+    app.clock.advance(Duration::minutes(6));
+    let alice = app.client_as("alice@demo.twokey").await;
+    let (s, v) = alice
+        .post_json(&format!("/api/v1/requests/{first}/end"), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    app.settle().await;
+    assert_eq!(alice.state(&first).await, "ended");
+    app.clock.advance(Duration::minutes(4));
+    let second = approved_and_settled(&app).await;
+    assert_eq!(alice.state(&second).await, "active");
+    app.clock.advance(Duration::minutes(6));
+    app.settle().await;
+    assert_eq!(
+        fake.instances().len(),
+        1,
+        "the second grant's assignment stays"
+    );
+    assert_eq!(app.audit_count("grant.failed", Some(&first)).await, 0);
+    assert_eq!(alice.state(&second).await, "active");
     assert_spec_clean(&fake);
 }
 
