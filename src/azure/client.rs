@@ -327,7 +327,12 @@ impl ArmClient {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        tracing::info!(%method, path = %url.path(), status = status.as_u16(), code, request_id, correlation, "ARM error");
+        // A 404 is how twokey learns a name is still free; only the rest is worth a log line.
+        if status == StatusCode::NOT_FOUND {
+            tracing::debug!(%method, path = %url.path(), code, request_id, "ARM 404");
+        } else {
+            tracing::info!(%method, path = %url.path(), status = status.as_u16(), code, request_id, correlation, "ARM error");
+        }
         let err = ArmError::Api {
             status: status.as_u16(),
             code,

@@ -411,7 +411,20 @@ impl Elevation for PimBackend {
             // Ours: the schedule our request created, or one that started when our window did.
             // (Not merely "within our window": a later grant to the same person, after an
             // early end, is not ours to remove.)
-            let schedule = a.grant_detail["target_role_assignment_schedule_id"].as_str();
+            let mut schedule = a.grant_detail["target_role_assignment_schedule_id"]
+                .as_str()
+                .map(str::to_string);
+            if schedule.is_none() {
+                // Not recorded (an adopted grant, or one whose job gave up): ask Azure what our
+                // request created.
+                let name = step_guid(&a.request_id, "grant").to_string();
+                if let Some(r) = self.get_request(&scope, &name).await? {
+                    schedule = r["properties"]["targetRoleAssignmentScheduleId"]
+                        .as_str()
+                        .map(str::to_string);
+                }
+            }
+            let schedule = schedule.as_deref();
             let ours = list.into_iter().find(|i| {
                 let p = &i["properties"];
                 (schedule.is_some() && p["roleAssignmentScheduleId"].as_str() == schedule)

@@ -210,6 +210,7 @@ pub fn model(
             m.subject = format!("[twokey] {event}: {title} on {vault_name} ({who})");
             m.headline = format!("twokey event: {event}");
             m.intro = match event {
+                "failed_grant_left_assignment" => "twokey gave up granting this request, but Azure had made the role assignment anyway. twokey has removed it; check the Resource Guard's access control (IAM).".into(),
                 "outlived_window" => "The Azure role assignment twokey made for this request is still in place more than a minute after its window ended. twokey keeps trying to remove it; check the Resource Guard's access control (IAM) now.".into(),
                 "repeated_token_rejections" => "Review links for this request were refused five times within ten minutes. Someone may be trying to use a link that is not theirs.".into(),
                 e if e.starts_with("token_rejected") => format!("A review link for this request was refused ({}).", e.trim_start_matches("token_rejected:")),

@@ -134,6 +134,93 @@ impl Service {
                 report.removed += 1;
             }
         }
+        self.reconcile_failed_grants(now, &mut report).await?;
         Ok(report)
+    }
+
+    /// A grant job that gave up may still have reached Azure (its PUT went through, the
+    /// confirmation never came). Take away what twokey's request name created.
+    async fn reconcile_failed_grants(
+        &self,
+        now: time::OffsetDateTime,
+        report: &mut ReconcileReport,
+    ) -> ServiceResult<()> {
+        let failed = self
+            .store
+            .grant_failed_since(&timefmt::fmt(now - LOOK_BACK))
+            .await?;
+        for req in failed {
+            let Some(guard) = self.guard(&req.guard) else {
+                continue;
+            };
+            let (true, Some(principal)) = (
+                guard.elevation.needs_object_id(),
+                req.requester_object_id.clone(),
+            ) else {
+                continue;
+            };
+            report.checked += 1;
+            let scope = guard.resource_guard_id.to_string();
+            // SECURITY: an active grant of the same person at the same guard (another request)
+            // would be the same Azure assignment; it is not ours to take.
+            if self.store.active_grant_exists(&scope, &principal).await? {
+                continue;
+            }
+            let Ok(backend) = self.elevation.backend(&guard.name, guard.elevation) else {
+                continue;
+            };
+            let from = req
+                .decided_at
+                .as_deref()
+                .and_then(|t| timefmt::parse(t).ok())
+                .unwrap_or(now);
+            let a = crate::azure::AssignmentRef {
+                request_id: req.request_id.clone(),
+                scope: guard.resource_guard_id.clone(),
+                role_definition_id: guard.role_definition_id.clone(),
+                principal_object_id: principal,
+                active_from: from,
+                active_until: now,
+                step: format!("reconcile-{}", now.unix_timestamp()),
+                justification: format!("twokey {}: grant failed", req.request_id),
+                grant_detail: serde_json::Value::Null,
+            };
+            let detail = match backend.confirm(&a).await {
+                Ok(Presence::Present { detail, .. }) => detail,
+                Ok(Presence::Absent) => continue,
+                Err(e) => {
+                    tracing::warn!(request_id = %req.request_id, error = %e, "reconcile: Azure not reachable");
+                    continue;
+                }
+            };
+            tracing::error!(request_id = %req.request_id, "a failed grant left an assignment in Azure; removing it");
+            let removal = backend.revoke(&a).await;
+            let mut tx = self.store.begin().await?;
+            audit::record(
+                &mut tx,
+                now,
+                Action::GrantFailed,
+                &Actor::system(),
+                Some(&req.request_id),
+                json!({
+                    "step": "reconcile",
+                    "backend": guard.elevation.as_str(),
+                    "found_in_azure": detail,
+                    "after": "grant_failed",
+                    "removed": removal.is_ok(),
+                    "error": removal.as_ref().err().map(|e| e.to_string()),
+                }),
+            )
+            .await?;
+            self.queue_watchers(&mut tx, &req, "failed_grant_left_assignment")
+                .await?;
+            report.alerted += 1;
+            tx.commit().await?;
+            self.wake_worker();
+            if removal.is_ok() {
+                report.removed += 1;
+            }
+        }
+        Ok(())
     }
 }

@@ -224,6 +224,31 @@ impl Store {
         .await?)
     }
 
+    /// Requests whose grant failed for good since `since` (a grant may have reached Azure
+    /// before the job gave up: the reconciler looks).
+    pub async fn grant_failed_since(&self, since: &str) -> StoreResult<Vec<RequestRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{SELECT_REQUEST} where state = 'failed' and end_reason = 'grant_failed' and ended_at >= $1 \
+             order by request_id limit 500"
+        )))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether `principal` has an active grant at `scope` (another request's).
+    pub async fn active_grant_exists(&self, scope: &str, principal: &str) -> StoreResult<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from grant_record where state = 'active' and lower(scope) = lower($1) \
+             and principal_object_id = $2",
+        )
+        .bind(scope)
+        .bind(principal)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
     pub async fn pending_with_other_policy(
         &self,
         guard: &str,

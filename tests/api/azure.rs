@@ -31,6 +31,7 @@ both_backends!(
     an_early_end_within_five_minutes_waits_for_the_floor_and_says_so,
     the_reconciler_removes_an_assignment_found_after_its_window,
     the_reconciler_leaves_a_later_grant_to_the_same_person_alone,
+    a_grant_that_gave_up_after_reaching_azure_is_taken_back,
     an_rbac_assignment_that_outlives_its_window_alerts_watchers,
     a_guard_in_another_tenant_uses_that_tenants_token,
 );
@@ -524,6 +525,33 @@ async fn the_reconciler_leaves_a_later_grant_to_the_same_person_alone(b: Backend
     );
     assert_eq!(app.audit_count("grant.failed", Some(&first)).await, 0);
     assert_eq!(alice.state(&second).await, "active");
+    assert_spec_clean(&fake);
+}
+
+async fn a_grant_that_gave_up_after_reaching_azure_is_taken_back(b: Backend) {
+    let fake = FakeArm::start().await;
+    let app = spawn_azure(b, &fake, "azure-pim").await;
+    // The assignment is made, but twokey can never confirm it.
+    fake.deny("/roleAssignmentScheduleInstances");
+    let id = approved_and_settled(&app).await;
+    for _ in 0..10 {
+        app.clock.advance(Duration::minutes(11));
+        app.settle().await;
+    }
+    let v = view(&app, &id).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(fake.instances().len(), 1, "left behind in Azure");
+    // Once Azure answers again, the reconciler takes it back and tells the watchers.
+    fake.allow_all();
+    app.clock.advance(Duration::minutes(6));
+    app.settle().await;
+    assert!(fake.instances().is_empty(), "taken back");
+    assert_eq!(app.audit_count("grant.failed", Some(&id)).await, 2);
+    let mails = app.svc.store.list_notifications(300).await.unwrap();
+    assert!(
+        mails.iter().any(|m| m.recipient == "sam@demo.twokey"
+            && m.subject.contains("failed_grant_left_assignment"))
+    );
     assert_spec_clean(&fake);
 }
 
