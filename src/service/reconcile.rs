@@ -106,6 +106,10 @@ impl Service {
             };
             tracing::error!(request_id = %g.request_id, "an assignment twokey made is still in Azure after its window; removing it");
             let removal = backend.revoke(&a).await;
+            if removal.as_ref().is_ok_and(|r| !r.removed) {
+                // Gone meanwhile (another replica's reconciler, or Azure's own expiry).
+                continue;
+            }
             let mut tx = self.store.begin().await?;
             audit::record(
                 &mut tx,
@@ -195,6 +199,9 @@ impl Service {
             };
             tracing::error!(request_id = %req.request_id, "a failed grant left an assignment in Azure; removing it");
             let removal = backend.revoke(&a).await;
+            if removal.as_ref().is_ok_and(|r| !r.removed) {
+                continue;
+            }
             let mut tx = self.store.begin().await?;
             audit::record(
                 &mut tx,
