@@ -253,6 +253,7 @@ impl PimBackend {
                     detail: json!({
                         "arm_request_name": name,
                         "adopted": true,
+                        "target_role_assignment_schedule_id": p["roleAssignmentScheduleId"],
                         "instance_id": inst["id"],
                         "instance_start": p["startDateTime"],
                         "instance_end": p["endDateTime"],
@@ -405,18 +406,13 @@ impl Elevation for PimBackend {
     ) -> BoxFuture<'a, Result<Presence, ElevationError>> {
         Box::pin(async move {
             let scope = a.scope.to_string();
-            let list = self
-                .instances(&scope, &a.principal_object_id, &a.role_definition_id)
-                .await?;
-            // Ours: the schedule our request created, or one that started when our window did.
-            // (Not merely "within our window": a later grant to the same person, after an
-            // early end, is not ours to remove.)
+            // Ours: the schedule our request created. Only when Azure cannot say which that was
+            // (no schedule id recorded or found), one that started when our window did.
+            // (Never merely "within our window": a later grant to the same person is not ours.)
             let mut schedule = a.grant_detail["target_role_assignment_schedule_id"]
                 .as_str()
                 .map(str::to_string);
             if schedule.is_none() {
-                // Not recorded (an adopted grant, or one whose job gave up): ask Azure what our
-                // request created.
                 let name = step_guid(&a.request_id, "grant").to_string();
                 if let Some(r) = self.get_request(&scope, &name).await? {
                     schedule = r["properties"]["targetRoleAssignmentScheduleId"]
@@ -424,12 +420,18 @@ impl Elevation for PimBackend {
                         .map(str::to_string);
                 }
             }
-            let schedule = schedule.as_deref();
+            let list = self
+                .instances(&scope, &a.principal_object_id, &a.role_definition_id)
+                .await?;
             let ours = list.into_iter().find(|i| {
                 let p = &i["properties"];
-                (schedule.is_some() && p["roleAssignmentScheduleId"].as_str() == schedule)
-                    || parse_azure_time(&p["startDateTime"])
-                        .is_some_and(|s| (s - a.active_from).abs() <= START_SLACK)
+                match schedule.as_deref() {
+                    Some(id) => p["roleAssignmentScheduleId"]
+                        .as_str()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(id)),
+                    None => parse_azure_time(&p["startDateTime"])
+                        .is_some_and(|s| (s - a.active_from).abs() <= START_SLACK),
+                }
             });
             Ok(match ours {
                 Some(i) => Presence::Present {

@@ -78,7 +78,14 @@ impl Service {
                 self.wake_worker();
                 continue;
             }
-            // Ended in the database: is it really gone in Azure?
+            // Ended in the database: is it really gone in Azure? SECURITY: not while the same
+            // person holds an active grant at the same guard through another request (with PIM
+            // that is one and the same assignment).
+            if let Some(p) = g.principal_object_id.as_deref()
+                && self.store.active_grant_exists(&g.scope, p).await?
+            {
+                continue;
+            }
             let backend = match self.backend_of(&req, Some(&g)) {
                 Ok(b) => b,
                 Err(e) => {

@@ -69,6 +69,8 @@ pub enum FaultKind {
     LateAnswer(Duration),
     /// Do the work as a long-running operation that needs this many polls.
     Lro(u32),
+    /// Answer an `AdminRemove` as done but keep the assignment (a removal that did not stick).
+    AcceptButKeep,
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +602,7 @@ async fn handle(
     };
     let mut late = None;
     let mut lro = None;
+    let mut keep = false;
     match fault {
         Some(FaultKind::Status(s, retry_after)) => {
             let mut r = arm_error(
@@ -622,6 +625,7 @@ async fn handle(
         Some(FaultKind::Error(s, code, msg)) => return arm_error(s, code, &msg),
         Some(FaultKind::LateAnswer(d)) => late = Some(d),
         Some(FaultKind::Lro(n)) => lro = Some(n),
+        Some(FaultKind::AcceptButKeep) => keep = true,
         None => {}
     }
     if sh
@@ -640,7 +644,7 @@ async fn handle(
             ),
         );
     }
-    let resp = route(&sh, &method, &path, &q, &body_json, lro);
+    let resp = route(&sh, &method, &path, &q, &body_json, lro, keep);
     if let Some(d) = late {
         tokio::time::sleep(d).await;
     }
@@ -775,6 +779,7 @@ fn route(
     q: &HashMap<String, String>,
     body: &Value,
     lro: Option<u32>,
+    keep: bool,
 ) -> Response {
     let lower = path.to_ascii_lowercase();
     let (scope, rest) = match lower.find("/providers/microsoft.authorization/") {
@@ -877,7 +882,9 @@ fn route(
                             "The Role assignment does not exist.",
                         );
                     };
-                    st.instances.remove(i);
+                    if !keep {
+                        st.instances.remove(i);
+                    }
                     resp["properties"]["status"] = json!("Revoked");
                 }
                 other => {
