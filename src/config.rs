@@ -25,7 +25,7 @@ use crate::secret::{Secret, redact_url};
 
 /// The top-level sections; an env var `TWOKEY_<SECTION>_<KEY>` maps to `<section>.<key>`.
 const SECTIONS: &[&str] = &[
-    "server", "database", "auth", "mail", "review", "jobs", "azure",
+    "server", "database", "auth", "mail", "review", "jobs", "azure", "audit",
 ];
 
 // ---- raw shapes: what the file and environment may contain -------------------------------
@@ -40,7 +40,15 @@ pub struct RawConfig {
     pub review: RawReview,
     pub jobs: RawJobs,
     pub azure: RawAzure,
+    pub audit: RawAudit,
     pub guards: Vec<RawGuard>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAudit {
+    /// PKCS#8 PEM Ed25519 private key that signs `twokey audit checkpoint`.
+    pub checkpoint_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -206,6 +214,7 @@ pub struct Config {
     pub mail: MailConfig,
     pub review: ReviewConfig,
     pub jobs: JobsConfig,
+    pub audit: AuditConfig,
     pub guards: Vec<GuardPolicy>,
     /// Present when a guard uses an Azure elevation backend.
     pub azure: Option<AzureConfig>,
@@ -273,6 +282,12 @@ impl AzureConfig {
     pub fn credential_for(&self, guard: &str) -> &CredentialConfig {
         self.guards.get(guard).unwrap_or(&self.home)
     }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditConfig {
+    /// Signs audit checkpoints (`audit.checkpoint_key_file`); none means no checkpoints.
+    pub checkpoint_key: Option<crate::audit::checkpoint::CheckpointKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -693,6 +708,15 @@ impl RawConfig {
                 .unwrap_or(Duration::from_secs(15)),
         };
 
+        let audit = AuditConfig {
+            checkpoint_key: self.audit.checkpoint_key_file.as_deref().and_then(|path| {
+                p.check(
+                    "audit.checkpoint_key_file",
+                    crate::audit::checkpoint::CheckpointKey::from_pem_file(path),
+                )
+            }),
+        };
+
         let mut guards: Vec<GuardPolicy> = Vec::new();
         let mut overrides = Vec::new();
         for (i, g) in self.guards.into_iter().enumerate() {
@@ -745,6 +769,7 @@ impl RawConfig {
             },
             review: ReviewConfig { keys },
             jobs,
+            audit,
             guards,
             azure,
         })
@@ -1607,6 +1632,10 @@ mod tests {
     #[test]
     fn env_keys_map_to_sections() {
         assert_eq!(env_key("database_url"), "database.url");
+        assert_eq!(
+            env_key("audit_checkpoint_key_file"),
+            "audit.checkpoint_key_file"
+        );
         assert_eq!(env_key("server_public_url"), "server.public_url");
         assert_eq!(
             env_key("auth_client_secret_file"),

@@ -4,10 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 
 use twokey::app::{App, shutdown_signal};
-use twokey::audit::Verifier;
 use twokey::config::{Config, ConfigErrors, RawConfig};
 use twokey::store::Store;
 
@@ -64,8 +62,49 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 0 only when it is whole, else name the first bad seq.
-    Verify(ConfigArg),
+    /// Walk the hash chain (database, or a JSON Lines export with --file); exit 0 only when it
+    /// is whole, 1 naming the first bad seq, 3 for a partial chain (a filtered export).
+    Verify(VerifyArgs),
+    /// Stream the audit log as CSV, JSON Lines or OCSF, to stdout or --output.
+    Export(ExportArgs),
+    /// Print a signed checkpoint of the chain head as one JSON line (audit.checkpoint_key_file).
+    Checkpoint(CheckpointArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Verify this JSON Lines export (`-` for stdin) instead of the database.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Also check against this checkpoint (from `twokey audit checkpoint`): the chain must
+    /// still hold its seq with its hash, so a truncated tail is caught.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// The checkpoint signer's public key (PEM); default: derived from audit.checkpoint_key_file.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    /// Exit 0 for a partial chain (an export you filtered on purpose), not 3.
+    #[arg(long)]
+    allow_partial: bool,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    cli: twokey::audit::cli::ExportOptions,
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the signing key's public key (PEM) instead, for checking checkpoints elsewhere.
+    #[arg(long)]
+    public_key: bool,
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ConfigErrors> {
@@ -179,42 +218,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
-        Command::Audit {
-            command: AuditCommand::Verify(arg),
-        } => {
-            let config = match load(&arg) {
-                Ok(c) => c,
-                Err(e) => return Ok(print_config_errors(&e)),
-            };
-            let store = Store::connect(config.database.url.expose(), 1).await?;
-            Ok(verify(&store).await?)
-        }
+        Command::Audit { command } => audit(command).await,
     }
 }
 
-async fn verify(store: &Store) -> anyhow::Result<ExitCode> {
-    // Read the head first: rows appended while we walk are past it and not checked this time.
-    let (head_seq, head_hash) = store.audit_head().await?;
-    let mut v = Verifier::new();
-    let mut rows = store.audit_stream();
-    while let Some(row) = rows.next().await {
-        let row = row?;
-        if row.seq > head_seq {
-            break;
+async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use twokey::audit::cli;
+    match command {
+        AuditCommand::Verify(a) => {
+            // An export file needs no configuration, unless its checkpoint key comes from it.
+            let needs_config =
+                a.file.is_none() || (a.checkpoint.is_some() && a.public_key.is_none());
+            let config = if needs_config {
+                match load(&a.config) {
+                    Ok(c) => Some(c),
+                    Err(e) => return Ok(print_config_errors(&e)),
+                }
+            } else {
+                None
+            };
+            let code = cli::verify(
+                config.as_ref(),
+                a.file.as_deref(),
+                a.checkpoint.as_deref(),
+                a.public_key.as_deref(),
+                a.allow_partial,
+            )
+            .await?;
+            Ok(ExitCode::from(code))
         }
-        if let Err(e) = v.push(&row) {
-            println!("audit chain BROKEN at seq {}: {e}", e.seq());
-            return Ok(ExitCode::FAILURE);
+        AuditCommand::Export(a) => {
+            let config = match load(&a.config) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            Ok(ExitCode::from(cli::export(&config, &a.cli).await?))
+        }
+        AuditCommand::Checkpoint(a) => {
+            let config = match load(&a.config) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            Ok(ExitCode::from(
+                cli::checkpoint(&config, a.public_key).await?,
+            ))
         }
     }
-    if let Err(e) = v.finish(head_seq, &head_hash) {
-        println!("audit chain BROKEN at seq {}: {e}", e.seq());
-        return Ok(ExitCode::FAILURE);
-    }
-    println!(
-        "audit chain verified: {} events, up to seq {}",
-        v.count,
-        v.last_seq()
-    );
-    Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,12 @@ use time::OffsetDateTime;
 use crate::store::{AuditRow, StoreError, Tx};
 use crate::timefmt;
 
+pub mod checkpoint;
+pub mod cli;
+pub mod export;
+pub mod ocsf;
+pub mod verify;
+
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -40,6 +46,32 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in the order of DESIGN.md's list.
+    pub const ALL: [Action; 17] = [
+        Self::RequestCreated,
+        Self::RequestCancelled,
+        Self::RequestExpired,
+        Self::ReviewOpened,
+        Self::DecisionApproved,
+        Self::DecisionDenied,
+        Self::GrantRequested,
+        Self::GrantActive,
+        Self::GrantFailed,
+        Self::GrantEnded,
+        Self::TokenRejected,
+        Self::AuthSignedIn,
+        Self::AuthFailed,
+        Self::PolicyLoaded,
+        Self::AlertReceived,
+        Self::NotificationSent,
+        Self::NotificationFailed,
+    ];
+
+    /// The action with this contract name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RequestCreated => "request.created",
@@ -150,13 +182,69 @@ pub async fn record(
     Ok(seq)
 }
 
+/// Write the canonical JSON of `row` into `out`, taking `row.details` as it is stored.
+///
+/// When the stored details are canonical (as [`record`] writes them) this is byte for byte
+/// [`canonical_json`], without parsing the details: the verifier's fast path. When a hash
+/// computed this way matches, the stored text is the text that was hashed; when it does not,
+/// the verifier falls back to parsing (the details may have been re-spelled, not edited).
+pub fn canonical_into(out: &mut Vec<u8>, seq: i64, row: &AuditRow, details: &str) {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail");
+    }
+    fn o(out: &mut Vec<u8>, v: &Option<String>) {
+        match v {
+            Some(v) => s(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"{\"action\":");
+    s(out, &row.action);
+    out.extend_from_slice(b",\"actor\":{\"email\":");
+    o(out, &row.actor_email);
+    out.extend_from_slice(b",\"id\":");
+    o(out, &row.actor_id);
+    out.extend_from_slice(b",\"ip\":");
+    o(out, &row.actor_ip);
+    out.extend_from_slice(b",\"object_id\":");
+    o(out, &row.actor_object_id);
+    out.extend_from_slice(b",\"user_agent\":");
+    o(out, &row.actor_user_agent);
+    out.extend_from_slice(b"},\"at\":");
+    s(out, &row.at);
+    out.extend_from_slice(b",\"details\":");
+    out.extend_from_slice(details.as_bytes());
+    out.extend_from_slice(b",\"request_id\":");
+    o(out, &row.request_id);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.push(b'}');
+}
+
+/// `hex(SHA-256(prev_hash ‖ canonical))` of `row` as if it had `seq`, reusing `buf`.
+fn row_hash(buf: &mut Vec<u8>, seq: i64, row: &AuditRow, details: &str) -> String {
+    buf.clear();
+    canonical_into(buf, seq, row, details);
+    let mut h = Sha256::new();
+    h.update(row.prev_hash.as_bytes());
+    h.update(&buf[..]);
+    hex::encode(h.finalize())
+}
+
+/// How far from its own `seq` the verifier looks for the place a moved row was written at.
+const MOVED_WINDOW: i64 = 1_000;
+
 /// Where and why the chain broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error("seq {seq}: missing (expected {seq}, found {found})")]
     Missing { seq: i64, found: i64 },
-    #[error("seq {seq}: out of order (follows seq {after})")]
+    #[error("seq {seq}: reordered (it comes after seq {after})")]
     Reordered { seq: i64, after: i64 },
+    #[error(
+        "seq {seq}: reordered (this row holds the event written as seq {written_as}, moved here)"
+    )]
+    Moved { seq: i64, written_as: i64 },
     #[error("seq {seq}: prev_hash does not match the hash of seq {prev}")]
     Unlinked { seq: i64, prev: i64 },
     #[error("seq {seq}: edited (its hash does not match its content)")]
@@ -167,6 +255,16 @@ pub enum ChainError {
         "seq {seq}: missing at the end (the chain head is at seq {head}, the last row is {last})"
     )]
     Truncated { seq: i64, head: i64, last: i64 },
+    #[error(
+        "seq {seq}: missing at the end (truncated: the signed checkpoint vouches for seq {checkpoint}, the log ends at seq {last})"
+    )]
+    BehindCheckpoint {
+        seq: i64,
+        checkpoint: i64,
+        last: i64,
+    },
+    #[error("seq {seq}: edited or replaced (its hash differs from the signed checkpoint's)")]
+    CheckpointMismatch { seq: i64 },
 }
 
 impl ChainError {
@@ -174,25 +272,74 @@ impl ChainError {
         match self {
             Self::Missing { seq, .. }
             | Self::Reordered { seq, .. }
+            | Self::Moved { seq, .. }
             | Self::Unlinked { seq, .. }
             | Self::Edited { seq }
             | Self::BadDetails { seq }
-            | Self::Truncated { seq, .. } => *seq,
+            | Self::Truncated { seq, .. }
+            | Self::BehindCheckpoint { seq, .. }
+            | Self::CheckpointMismatch { seq } => *seq,
         }
     }
 }
 
+/// What a walk found, when nothing was broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every event from seq 1 to `last_seq`, each linked to the one before.
+    Whole { count: u64, last_seq: i64 },
+    /// An export with gaps (a filter, or lines deleted: a file cannot tell which). Each event's
+    /// own hash matches its content, adjacent events are linked, nothing is out of order.
+    Partial {
+        count: u64,
+        first_seq: i64,
+        last_seq: i64,
+        /// Missing seq ranges (inclusive), the first few.
+        missing: Vec<(i64, i64)>,
+        /// How many ranges are missing in all.
+        gaps: u64,
+        /// The checkpoint's seq is in a gap, so this export cannot confirm it.
+        checkpoint_not_covered: bool,
+    },
+}
+
 /// Walks a chain one row at a time (constant memory), reporting the first break.
+///
+/// Two modes. [`Verifier::new`] (the database): rows must run 1, 2, 3 … with no gap. [`Verifier::for_export`]
+/// (a file that may be filtered): a gap is recorded, not an error; across a gap the link
+/// cannot be checked, so there each row is checked against its own `prev_hash` only.
 #[derive(Debug, Default)]
 pub struct Verifier {
+    allow_gaps: bool,
     last_seq: i64,
     last_hash: Option<String>,
+    first_seq: Option<i64>,
+    missing: Vec<(i64, i64)>,
+    gaps: u64,
+    checkpoint: Option<(i64, String)>,
+    checkpoint_seen: bool,
+    buf: Vec<u8>,
     pub count: u64,
 }
 
 impl Verifier {
+    /// A verifier for the whole chain (the database).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A verifier for an export, which may have gaps (see [`Outcome::Partial`]).
+    pub fn for_export() -> Self {
+        Self {
+            allow_gaps: true,
+            ..Self::default()
+        }
+    }
+
+    /// Also require that the event at `seq` has `hash` (from a signed checkpoint).
+    pub fn with_checkpoint(mut self, seq: i64, hash: &str) -> Self {
+        self.checkpoint = Some((seq, hash.to_string()));
+        self
     }
 
     /// Check the next row in order.
@@ -204,47 +351,97 @@ impl Verifier {
                 after: self.last_seq,
             });
         }
-        if row.seq > expected {
-            return Err(ChainError::Missing {
-                seq: expected,
-                found: row.seq,
-            });
+        let linked = row.seq == expected;
+        if !linked {
+            if !self.allow_gaps {
+                return Err(ChainError::Missing {
+                    seq: expected,
+                    found: row.seq,
+                });
+            }
+            self.gaps += 1;
+            if self.missing.len() < 10 {
+                self.missing.push((expected, row.seq - 1));
+            }
         }
-        let prev = self.last_hash.as_deref().unwrap_or(GENESIS);
-        if row.prev_hash != prev {
-            return Err(ChainError::Unlinked {
-                seq: row.seq,
-                prev: self.last_seq,
-            });
+        if linked {
+            let prev = self.last_hash.as_deref().unwrap_or(GENESIS);
+            if row.prev_hash != prev {
+                return Err(self.diagnose(
+                    row,
+                    ChainError::Unlinked {
+                        seq: row.seq,
+                        prev: self.last_seq,
+                    },
+                ));
+            }
         }
-        let details: Value = serde_json::from_str(&row.details)
-            .map_err(|_| ChainError::BadDetails { seq: row.seq })?;
-        let actor = Actor {
-            id: row.actor_id.clone(),
-            email: row.actor_email.clone(),
-            object_id: row.actor_object_id.clone(),
-            ip: row.actor_ip.clone(),
-            user_agent: row.actor_user_agent.clone(),
-        };
-        let canonical = canonical_json(
-            row.seq,
-            &row.at,
-            &row.action,
-            &actor,
-            row.request_id.as_deref(),
-            &details,
-        );
-        if chain_hash(prev, &canonical) != row.hash {
-            return Err(ChainError::Edited { seq: row.seq });
+        if !self.content_matches(row)? {
+            return Err(self.diagnose(row, ChainError::Edited { seq: row.seq }));
         }
+        if let Some((cp_seq, cp_hash)) = &self.checkpoint
+            && *cp_seq == row.seq
+        {
+            if *cp_hash != row.hash {
+                return Err(ChainError::CheckpointMismatch { seq: row.seq });
+            }
+            self.checkpoint_seen = true;
+        }
+        self.first_seq.get_or_insert(row.seq);
         self.last_seq = row.seq;
         self.last_hash = Some(row.hash.clone());
         self.count += 1;
         Ok(())
     }
 
+    /// Whether `row.hash` is the hash of its content chained to its own `prev_hash`.
+    fn content_matches(&mut self, row: &AuditRow) -> Result<bool, ChainError> {
+        if row_hash(&mut self.buf, row.seq, row, &row.details) == row.hash {
+            return Ok(true);
+        }
+        // Slow path: the stored details may be valid but not spelled canonically.
+        let details: Value = serde_json::from_str(&row.details)
+            .map_err(|_| ChainError::BadDetails { seq: row.seq })?;
+        Ok(row_hash(&mut self.buf, row.seq, row, &details.to_string()) == row.hash)
+    }
+
+    /// A row that does not fit where it stands: was it written elsewhere in the chain and
+    /// moved here (its content, with another seq, still matches its own hash)?
+    fn diagnose(&mut self, row: &AuditRow, err: ChainError) -> ChainError {
+        let details = match serde_json::from_str::<Value>(&row.details) {
+            Ok(d) => d.to_string(),
+            Err(_) => return err,
+        };
+        let lo = (row.seq - MOVED_WINDOW).max(1);
+        for s in lo..=row.seq + MOVED_WINDOW {
+            if s != row.seq && row_hash(&mut self.buf, s, row, &details) == row.hash {
+                return ChainError::Moved {
+                    seq: row.seq,
+                    written_as: s,
+                };
+            }
+        }
+        err
+    }
+
+    fn check_checkpoint_reached(&self) -> Result<bool, ChainError> {
+        match &self.checkpoint {
+            Some((cp_seq, _)) if !self.checkpoint_seen => {
+                if self.last_seq < *cp_seq {
+                    return Err(ChainError::BehindCheckpoint {
+                        seq: self.last_seq + 1,
+                        checkpoint: *cp_seq,
+                        last: self.last_seq,
+                    });
+                }
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
     /// After the last row: the head (from the database) must point at it.
-    pub fn finish(&self, head_seq: i64, head_hash: &str) -> Result<(), ChainError> {
+    pub fn finish(&self, head_seq: i64, head_hash: &str) -> Result<Outcome, ChainError> {
         if head_seq != self.last_seq || self.last_hash.as_deref().unwrap_or(GENESIS) != head_hash {
             return Err(ChainError::Truncated {
                 seq: self.last_seq + 1,
@@ -252,7 +449,30 @@ impl Verifier {
                 last: self.last_seq,
             });
         }
-        Ok(())
+        self.check_checkpoint_reached()?;
+        Ok(Outcome::Whole {
+            count: self.count,
+            last_seq: self.last_seq,
+        })
+    }
+
+    /// After the last line of an export: whole (from seq 1, no gap) or partial.
+    pub fn finish_export(&self) -> Result<Outcome, ChainError> {
+        let covered = self.check_checkpoint_reached()?;
+        if self.gaps == 0 && self.first_seq.unwrap_or(1) == 1 {
+            return Ok(Outcome::Whole {
+                count: self.count,
+                last_seq: self.last_seq,
+            });
+        }
+        Ok(Outcome::Partial {
+            count: self.count,
+            first_seq: self.first_seq.unwrap_or(0),
+            last_seq: self.last_seq,
+            missing: self.missing.clone(),
+            gaps: self.gaps,
+            checkpoint_not_covered: !covered,
+        })
     }
 
     pub fn last_seq(&self) -> i64 {
@@ -307,7 +527,7 @@ mod tests {
             v.push(r)?;
         }
         let last = rows.last().unwrap();
-        v.finish(last.seq, &last.hash)
+        v.finish(last.seq, &last.hash).map(|_| ())
     }
 
     #[test]
@@ -383,5 +603,115 @@ mod tests {
         let forged = row(3, "f".repeat(64).as_str(), r#"{"n":3}"#);
         c[2] = forged;
         assert_eq!(verify(&c), Err(ChainError::Unlinked { seq: 3, prev: 2 }));
+    }
+
+    #[test]
+    fn a_row_moved_to_another_seq_is_reported_as_reordered() {
+        // Swapping two rows' seq numbers in the table: the row now at seq 3 is the event that
+        // was written as seq 4.
+        let mut c = chain(6);
+        let (a, b) = (c[2].clone(), c[3].clone());
+        c[2] = AuditRow { seq: 3, ..b };
+        c[3] = AuditRow { seq: 4, ..a };
+        assert_eq!(
+            verify(&c),
+            Err(ChainError::Moved {
+                seq: 3,
+                written_as: 4
+            })
+        );
+    }
+
+    #[test]
+    fn an_export_with_gaps_is_partial_and_still_checks_each_row() {
+        let c = chain(8);
+        let mut v = Verifier::for_export();
+        for i in [1usize, 2, 5, 6] {
+            v.push(&c[i]).unwrap();
+        }
+        assert_eq!(
+            v.finish_export(),
+            Ok(Outcome::Partial {
+                count: 4,
+                first_seq: 2,
+                last_seq: 7,
+                missing: vec![(1, 1), (4, 5)],
+                gaps: 2,
+                checkpoint_not_covered: false,
+            })
+        );
+        let mut edited = c[6].clone();
+        edited.details = r#"{"n":1}"#.into();
+        let mut v = Verifier::for_export();
+        v.push(&c[0]).unwrap();
+        assert_eq!(v.push(&edited), Err(ChainError::Edited { seq: 7 }));
+    }
+
+    #[test]
+    fn lines_out_of_order_in_an_export_are_reordered() {
+        let c = chain(5);
+        let mut v = Verifier::for_export();
+        v.push(&c[0]).unwrap();
+        v.push(&c[2]).unwrap();
+        assert_eq!(
+            v.push(&c[1]),
+            Err(ChainError::Reordered { seq: 2, after: 3 })
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_past_the_end_means_truncation() {
+        let c = chain(5);
+        let mut v = Verifier::new().with_checkpoint(5, &c[4].hash);
+        for r in &c[..3] {
+            v.push(r).unwrap();
+        }
+        // Whoever cut rows 4 and 5 also moved the head back to 3.
+        assert_eq!(
+            v.finish(3, &c[2].hash),
+            Err(ChainError::BehindCheckpoint {
+                seq: 4,
+                checkpoint: 5,
+                last: 3
+            })
+        );
+        let mut v = Verifier::new().with_checkpoint(2, &"f".repeat(64));
+        v.push(&c[0]).unwrap();
+        assert_eq!(
+            v.push(&c[1]),
+            Err(ChainError::CheckpointMismatch { seq: 2 })
+        );
+    }
+
+    #[test]
+    fn details_spelled_differently_but_equal_still_verify() {
+        let mut c = chain(2);
+        c[1].details = r#"{ "b": "x", "a": [1, 2], "n": 2 }"#.into();
+        assert_eq!(verify(&c), Ok(()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_canonical_form_equals_canonical_json(
+            seq in 1i64..1_000_000_000,
+            action in "[a-z._]{1,20}",
+            email in proptest::option::of("\\PC{0,20}"),
+            ua in proptest::option::of("[ -~\u{80}-\u{10ffff}\u{0}-\u{1f}]{0,20}"),
+            text in "\\PC{0,30}",
+            n in proptest::num::i64::ANY,
+        ) {
+            let details = json!({ "z": text, "a": { "y": n, "b": [text, null, true] } });
+            let actor = Actor { id: Some("p".into()), email: email.clone(), object_id: None, ip: None, user_agent: ua.clone() };
+            let expected = canonical_json(seq, "2026-12-03T12:00:00.000000Z", &action, &actor, Some("r"), &details);
+            let row = AuditRow {
+                seq, at: "2026-12-03T12:00:00.000000Z".into(), action: action.clone(),
+                actor_id: Some("p".into()), actor_email: email, actor_object_id: None,
+                actor_ip: None, actor_user_agent: ua, request_id: Some("r".into()),
+                details: details.to_string(), prev_hash: GENESIS.into(), hash: String::new(),
+            };
+            let mut out = Vec::new();
+            canonical_into(&mut out, seq, &row, &row.details);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 }

@@ -264,3 +264,77 @@ pub async fn end_request(
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
+
+/// `GET /audit?format=csv|jsonl|ocsf&since=&until=&request=&actor=&action=` — the audit log,
+/// streamed (chunked, constant memory) in the order of the chain. `since` is inclusive, `until`
+/// exclusive; `action` may repeat. Permission: auditors (and admins); others get 403.
+pub async fn export_audit(
+    State(state): State<AppState>,
+    me: ApiCaller,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult<axum::response::Response> {
+    use crate::audit::export::{self, FilterInput, Format};
+    use futures::StreamExt;
+
+    if !state.svc.is_auditor(&me.caller.principal) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the audit log is for auditors",
+        ));
+    }
+    let mut input = FilterInput::default();
+    let mut format = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let v = v.into_owned();
+        match k.as_ref() {
+            "format" => {
+                format = Some(
+                    Format::parse(&v)
+                        .ok_or_else(|| ApiError::invalid("format", "must be csv, jsonl or ocsf"))?,
+                )
+            }
+            "since" => input.since = Some(v),
+            "until" => input.until = Some(v),
+            "request" => input.request = Some(v),
+            "actor" => input.actor = Some(v),
+            "action" => input.actions.push(v),
+            _ => {}
+        }
+    }
+    let format = format.unwrap_or(Format::Jsonl);
+    let q = input
+        .to_query()
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let body = export::stream(&state.svc.store, &q, format).map(|chunk| {
+        chunk
+            .map(|c| axum::body::Bytes::from(c.bytes))
+            .map_err(|e| {
+                // The status line is gone by now: cutting the body is the only signal left.
+                tracing::error!(error = %e, "audit export failed mid-stream");
+                std::io::Error::other("audit export failed")
+            })
+    });
+    let filename = format!(
+        "twokey-audit-{}.{}",
+        crate::timefmt::fmt(state.svc.now())
+            .get(..19)
+            .unwrap_or_default()
+            .replace(':', ""),
+        format.file_extension()
+    );
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                format.content_type().to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}

@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/requests/{id}/decision", post(api::decide_request))
         .route("/requests/{id}/end", post(api::end_request))
         .route("/openapi.json", get(openapi))
+        .route("/audit", get(api::export_audit))
         .fallback(api::not_found);
 
     let x_request_id = HeaderName::from_static("x-request-id");

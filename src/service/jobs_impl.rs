@@ -465,6 +465,10 @@ impl Service {
             &Actor::system(),
             Some(rid),
             json!({
+                // Who lost which role where, so the event tells its story without other tables.
+                "scope": grant.as_ref().map(|g| g.scope.clone()),
+                "role_definition_id": grant.as_ref().map(|g| g.role_definition_id.clone()),
+                "principal_object_id": req.requester_object_id,
                 "reason": reason.as_str(),
                 "active_from": req.active_from,
                 "active_until": req.active_until,

@@ -3,6 +3,7 @@
 //! numbers); each backend has its own migrations. Every writing transaction starts by taking
 //! the audit chain's head row (see [`Store::begin`]), which serializes writers on both backends.
 
+mod audit_export;
 mod rows;
 
 use std::str::FromStr;
@@ -13,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Executor};
 
+pub use audit_export::AuditQuery;
 pub use rows::*;
 
 /// A storage failure. `Conflict` is a unique constraint that the caller may map to a user error.
