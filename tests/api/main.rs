@@ -1,6 +1,7 @@
 //! Black-box tests of the app over HTTP, each run on SQLite and on PostgreSQL.
 
 mod audit;
+mod audit_export;
 mod azure;
 mod azure_crash;
 mod cli;
