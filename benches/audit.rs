@@ -202,6 +202,19 @@ impl Drop for PgDb {
 struct Run {
     secs: f64,
     peak_kib: u64,
+    /// CPU seconds (user + system) of the child: less sensitive than wall time to other
+    /// work on the machine.
+    cpu: f64,
+}
+
+/// utime + stime of a live process, in seconds (USER_HZ = 100 on Linux).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let utime: f64 = f.nth(11)?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Run a child to completion: wall time, and its peak RSS (VmHWM) sampled every 2 ms.
@@ -214,7 +227,11 @@ fn measure(cmd: &mut Command) -> Run {
         .expect("spawn");
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0;
+    let mut cpu = 0.0f64;
     loop {
+        if let Some(c) = cpu_secs(child.id()) {
+            cpu = cpu.max(c);
+        }
         if let Ok(s) = std::fs::read_to_string(&status_path)
             && let Some(l) = s.lines().find(|l| l.starts_with("VmHWM:"))
         {
@@ -234,6 +251,7 @@ fn measure(cmd: &mut Command) -> Run {
     Run {
         secs: start.elapsed().as_secs_f64(),
         peak_kib,
+        cpu,
     }
 }
 
@@ -245,6 +263,7 @@ fn best_of_3(mut make: impl FnMut() -> Command) -> Run {
     Run {
         secs: runs[1].secs,
         peak_kib: peak,
+        cpu: runs[1].cpu,
     }
 }
 
@@ -380,8 +399,8 @@ async fn run(n: i64) {
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
     println!(
-        "  {:<46} {:>8} {:>11} {:>9}",
-        "", "seconds", "k events/s", "peak MB"
+        "  {:<48} {:>8} {:>8} {:>11} {:>9}",
+        "", "seconds", "CPU s", "k events/s", "peak MB"
     );
     for (name, r) in [
         ("psql \\copy (columns, text) to stdout", &psql),
@@ -399,9 +418,10 @@ async fn run(n: i64) {
         ("twokey audit verify (PostgreSQL)", &verify_pg),
     ] {
         println!(
-            "  {:<46} {:>8.2} {:>11.0} {:>9.1}",
+            "  {:<48} {:>8.2} {:>8.2} {:>11.0} {:>9.1}",
             name,
             r.secs,
+            r.cpu,
             rate(r),
             mb(r.peak_kib)
         );
@@ -434,6 +454,14 @@ async fn run(n: i64) {
         verify_sqlite.secs,
         verify_sqlite.secs / 3.0 * (1_000_000.0 / n as f64),
         verdict(verify_sqlite.secs * (1_000_000.0 / n as f64) <= 3.0)
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nload average at the end (other work on the machine skews wall times): {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     drop(pg);
 }

@@ -203,6 +203,8 @@ fi
 
 step "test peers"
 install_peers
+# The audit tests check the README's jq + sha256sum recipe (scripts/audit-verify-jsonl.sh).
+command -v jq >/dev/null || apt_install jq
 
 step "Rust toolchain"
 ensure_rust

@@ -7,7 +7,7 @@
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use sqlx::AssertSqlSafe;
+use sqlx::{AnyPool, AssertSqlSafe};
 
 use super::{AuditRow, Backend, Store, StoreError, StoreResult};
 
@@ -121,14 +121,77 @@ impl AuditQuery {
     }
 }
 
+type Sender = tokio::sync::mpsc::Sender<StoreResult<Vec<AuditRow>>>;
+
+/// SQLite: one statement per page of `BATCH` events, packed into one JSON text.
+async fn sqlite_pages(pool: AnyPool, sql: String, binds: Vec<String>, tx: Sender) {
+    let mut last = i64::MIN;
+    loop {
+        let mut query = sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(sql.clone()));
+        for b in &binds {
+            query = query.bind(b.clone());
+        }
+        let page = match query.bind(last).fetch_one(&pool).await {
+            Ok(text) => parse_page(text.as_deref().unwrap_or("[]")),
+            Err(e) => Err(StoreError::from(e)),
+        };
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let Some(end) = page.last().map(|r| r.seq) else {
+            return;
+        };
+        let full = page.len() == BATCH;
+        last = end;
+        if tx.send(Ok(page)).await.is_err() || !full {
+            return; // the consumer went away, or that was the last page
+        }
+    }
+}
+
+/// PostgreSQL: one streamed statement (one snapshot), rows handed on in batches.
+async fn postgres_rows(pool: AnyPool, sql: String, binds: Vec<String>, tx: Sender) {
+    let mut query = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql));
+    for b in binds {
+        query = query.bind(b);
+    }
+    let mut rows = query.fetch(&pool);
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(row) = rows.next().await {
+        match row {
+            Ok(r) => {
+                batch.push(r);
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if tx.send(Ok(full)).await.is_err() {
+                        return; // the consumer went away
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(StoreError::from(e))).await;
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok(batch)).await;
+    }
+}
+
 impl Store {
     /// The matching audit rows in `seq` order, in batches, as a `'static` stream (it owns
     /// what it needs, so an HTTP body can hold it). Dropping the stream stops the reads.
     ///
-    /// Rows are read a page at a time by seq (`seq > last … order by seq limit PAGE`), and the
-    /// database packs each page into one JSON text (`json_group_array` / `json_agg`): one
-    /// result row per page instead of one per event, which is what makes a million events
-    /// fast through sqlx. The log is append-only, so paging by seq sees every row once.
+    /// On SQLite rows are read a page at a time by seq (`seq > last … order by seq limit
+    /// BATCH`), and SQLite packs each page into one JSON text (`json_group_array`): one result
+    /// row per page instead of one per event, which is what makes a million events fast
+    /// through sqlx's SQLite worker. The log is append-only, so paging by seq sees every row
+    /// once. PostgreSQL streams one statement's rows, which is fast as it is.
     pub fn audit_batches(&self, q: &AuditQuery) -> BoxStream<'static, StoreResult<Vec<AuditRow>>> {
         let (clause, binds) = q.where_clause();
         let after = format!("${}", binds.len() + 1);
@@ -139,40 +202,18 @@ impl Store {
                  (select {AUDIT_COLUMNS} from audit_event{clause} and seq > {after} \
                  order by seq limit {BATCH})"
             ),
-            Backend::Postgres => format!(
-                "select json_agg(json_build_array({AUDIT_COLUMNS}) order by seq)::text from \
-                 (select {AUDIT_COLUMNS} from audit_event{clause} and seq > {after} \
-                 order by seq limit {BATCH}) page"
-            ),
+            // PostgreSQL streams rows fast as they are (its JSON aggregation is slower).
+            Backend::Postgres => {
+                format!("select {AUDIT_COLUMNS} from audit_event{clause} order by seq")
+            }
         };
         let pool = self.pool.clone();
+        let backend = self.backend;
         let (tx, rx) = tokio::sync::mpsc::channel::<StoreResult<Vec<AuditRow>>>(IN_FLIGHT);
         tokio::spawn(async move {
-            let mut last = i64::MIN;
-            loop {
-                let mut query = sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(sql.clone()));
-                for b in &binds {
-                    query = query.bind(b.clone());
-                }
-                let page = match query.bind(last).fetch_one(&pool).await {
-                    Ok(text) => parse_page(text.as_deref().unwrap_or("[]")),
-                    Err(e) => Err(StoreError::from(e)),
-                };
-                let page = match page {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let Some(end) = page.last().map(|r| r.seq) else {
-                    return;
-                };
-                let full = page.len() == BATCH;
-                last = end;
-                if tx.send(Ok(page)).await.is_err() || !full {
-                    return; // the consumer went away, or that was the last page
-                }
+            match backend {
+                Backend::Sqlite => sqlite_pages(pool, sql, binds, tx).await,
+                Backend::Postgres => postgres_rows(pool, sql, binds, tx).await,
             }
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
