@@ -36,7 +36,8 @@ pub struct ExportOptions {
     /// Events with this action (repeat, or separate with commas, for several).
     #[arg(long = "action")]
     pub actions: Vec<String>,
-    /// Write here instead of stdout (written as FILE.partial, renamed when complete).
+    /// Write here instead of stdout (a regular file is written as FILE.partial and renamed
+    /// when complete; an existing device or FIFO is written in place, never replaced).
     #[arg(long, short)]
     pub output: Option<PathBuf>,
 }
@@ -73,12 +74,18 @@ pub async fn export(config: &Config, o: &ExportOptions) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let partial = o.output.as_ref().map(|p| {
-        let mut s = p.clone().into_os_string();
-        s.push(".partial");
-        PathBuf::from(s)
+    // A regular file is written as FILE.partial and renamed when complete; anything else that
+    // exists already (/dev/null, a FIFO, a terminal) is written in place, never replaced.
+    let partial = o.output.as_ref().and_then(|p| {
+        let special = std::fs::metadata(p).is_ok_and(|m| !m.file_type().is_file());
+        (!special).then(|| {
+            let mut s = p.clone().into_os_string();
+            s.push(".partial");
+            PathBuf::from(s)
+        })
     });
-    let mut out: Box<dyn Write> = match &partial {
+    let direct = o.output.as_ref().filter(|_| partial.is_none());
+    let mut out: Box<dyn Write> = match partial.as_ref().or(direct) {
         Some(p) => Box::new(BufWriter::with_capacity(
             256 * 1024,
             File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -121,6 +128,8 @@ pub async fn export(config: &Config, o: &ExportOptions) -> anyhow::Result<u8> {
     }
     if let (Some(p), Some(out)) = (&partial, &o.output) {
         std::fs::rename(p, out).with_context(|| format!("renaming to {}", out.display()))?;
+    }
+    if let Some(out) = &o.output {
         eprintln!("exported {rows} events to {}", out.display());
     }
     Ok(0)
