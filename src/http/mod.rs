@@ -2,6 +2,7 @@
 //! the JSON API, the server-rendered pages and the health endpoints. Handlers stay thin.
 
 pub mod api;
+mod audit_page;
 pub mod error;
 pub mod extract;
 mod health;

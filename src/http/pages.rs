@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/review/{token}", get(review_page))
         .route("/review", post(review_submit))
         .route("/guards", get(guards_page))
+        .route("/audit", get(super::audit_page::audit_page))
         .route("/dev/outbox", get(outbox))
         .route("/dev/outbox/{id}", get(outbox_message))
 }
@@ -83,10 +84,10 @@ mod filters {
 }
 
 /// The signed-in person, as the page header shows them.
-struct Me {
-    name: String,
-    email: String,
-    auditor: bool,
+pub(crate) struct Me {
+    pub(crate) name: String,
+    pub(crate) email: String,
+    pub(crate) auditor: bool,
 }
 
 /// What every page needs for its header.
@@ -106,6 +107,38 @@ fn chrome(state: &AppState, s: &Option<Session>) -> Chrome {
         csrf: s.as_ref().map(|s| s.csrf_token.clone()).unwrap_or_default(),
         dev: state.svc.config.auth.mode == AuthMode::Dev,
     }
+}
+
+/// For sibling page modules: the header parts, as (me, csrf, dev).
+pub(crate) fn chrome_for(state: &AppState, s: &Option<Session>) -> (Option<Me>, String, bool) {
+    let c = chrome(state, s);
+    (c.me, c.csrf, c.dev)
+}
+
+pub(crate) fn render_page(t: impl Template) -> Response {
+    render(t)
+}
+
+pub(crate) fn login_redirect_to(next: &str) -> Response {
+    login_redirect(next)
+}
+
+pub(crate) fn message_page(
+    state: &AppState,
+    s: &Option<Session>,
+    status: StatusCode,
+    heading: &str,
+    text: &str,
+) -> Response {
+    message(
+        state,
+        s,
+        status,
+        heading,
+        text,
+        "bad",
+        Some(("/", "Back to your requests")),
+    )
 }
 
 fn render(t: impl Template) -> Response {

@@ -191,3 +191,41 @@ async fn a_review_link_clicked_concurrently_decides_once(b: Backend) {
     let (_, v) = alice.get_json(&format!("/api/v1/requests/{id}")).await;
     assert_eq!(v["decisions"].as_array().unwrap().len(), 1);
 }
+
+both_backends!(the_audit_page_is_for_auditors_and_verifies_the_chain);
+
+async fn the_audit_page_is_for_auditors_and_verifies_the_chain(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let alice = app.client_as("alice@demo.twokey").await;
+    let id = alice.create(&single_vault(), REVERSIBLE_OP).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(alice.get("/audit").await.status(), StatusCode::FORBIDDEN);
+    let erin = app.client_as("erin@demo.twokey").await;
+    let html = erin
+        .get(&format!("/audit?request={id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("request.created") && html.contains(&format!("format=csv&amp;request={id}")),
+        "{html}"
+    );
+    assert!(!html.contains("<td>policy.loaded</td>"), "the filter applies");
+    assert!(html.contains("<td>request.created</td>"));
+    let html = erin.get("/audit?verify=1").await.text().await.unwrap();
+    assert!(html.contains("Verified: the chain is whole"), "{html}");
+    // After an edit, the page says where the chain broke.
+    app.svc
+        .store
+        .execute_raw_for_tests("update audit_event set action = 'request.cancelled' where seq = 2")
+        .await
+        .unwrap();
+    let html = erin.get("/audit?verify=1").await.text().await.unwrap();
+    assert!(html.contains("BROKEN at seq 2"), "{html}");
+    let r = erin.get("/audit?since=yesterday-ish").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("field-error"));
+}

@@ -132,6 +132,21 @@ test('alice asks to delete a vault on demo-dual, bob and carol approve from thei
     assert.ok(timeline.includes(line), `timeline lacks "${line}"`);
   }
   await alice.context().close();
+
+  // Erin (auditor) downloads the CSV for this request: it holds the whole story.
+  const erin = await newPage({ acceptDownloads: true });
+  await signIn(erin, 'erin@demo.twokey', `/audit?request=${requestId}`);
+  await erin.click('a:has-text("Verify the hash chain now")');
+  assert.match(await erin.locator('.chain-ok').textContent(), /chain is whole/);
+  await erin.screenshot({ path: `${shots}/audit.png`, fullPage: true });
+  const [download] = await Promise.all([erin.waitForEvent('download'), erin.click('#download-csv')]);
+  const csv = fs.readFileSync(await download.path(), 'utf8');
+  for (const action of ['request.created', 'review.opened', 'decision.approved', 'grant.requested', 'grant.active', 'grant.ended']) {
+    assert.ok(csv.includes(action), `the CSV lacks ${action}`);
+  }
+  assert.equal((csv.match(/decision\.approved/g) || []).length, 2, 'both approvals');
+  assert.ok(csv.includes('CHG-2041'));
+  await erin.context().close();
 });
 
 test('form errors appear next to their fields and keep the input', async () => {
