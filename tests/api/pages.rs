@@ -213,7 +213,10 @@ async fn the_audit_page_is_for_auditors_and_verifies_the_chain(b: Backend) {
         html.contains("request.created") && html.contains(&format!("format=csv&amp;request={id}")),
         "{html}"
     );
-    assert!(!html.contains("<td>policy.loaded</td>"), "the filter applies");
+    assert!(
+        !html.contains("<td>policy.loaded</td>"),
+        "the filter applies"
+    );
     assert!(html.contains("<td>request.created</td>"));
     let html = erin.get("/audit?verify=1").await.text().await.unwrap();
     assert!(html.contains("Verified: the chain is whole"), "{html}");
