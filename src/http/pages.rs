@@ -1220,12 +1220,10 @@ async fn request_decide(
     Path(id): Path<String>,
     Form(f): Form<DecideForm>,
 ) -> Response {
-    let Some(p) = s.as_ref().and_then(|s| s.principal.clone()) else {
-        return login_redirect("/");
+    let c = match form_caller(&state, &s, &f.csrf, origin) {
+        Ok(c) => c,
+        Err(page) => return page,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return csrf_failed(&state, &s);
-    }
     let Some(verdict) = Verdict::parse(&f.decision) else {
         return message(
             &state,
@@ -1237,19 +1235,39 @@ async fn request_decide(
             None,
         );
     };
-    match state
+    let r = state
         .svc
-        .decide(
-            &caller(p, origin),
-            &id,
-            verdict,
-            Some(&f.comment),
-            Channel::Api,
-        )
-        .await
-    {
+        .decide(&c, &id, verdict, Some(&f.comment), Channel::Api)
+        .await;
+    to_request_page(&state, &s, r)
+}
+
+/// The signed-in caller of a form post, after its CSRF check; or the page to answer with.
+#[allow(clippy::result_large_err)] // the error is the response itself, returned at once
+fn form_caller(
+    state: &AppState,
+    s: &Option<Session>,
+    csrf: &str,
+    origin: Origin,
+) -> Result<Caller, Response> {
+    let Some(p) = s.as_ref().and_then(|s| s.principal.clone()) else {
+        return Err(login_redirect("/"));
+    };
+    if !csrf_ok(s, csrf) {
+        return Err(csrf_failed(state, s));
+    }
+    Ok(caller(p, origin))
+}
+
+/// After a form changed a request: back to its page, or the error page.
+fn to_request_page(
+    state: &AppState,
+    s: &Option<Session>,
+    r: Result<RequestView, ServiceError>,
+) -> Response {
+    match r {
         Ok(v) => Redirect::to(&format!("/requests/{}", v.id)).into_response(),
-        Err(e) => service_error_page(&state, &s, e),
+        Err(e) => service_error_page(state, s, e),
     }
 }
 
@@ -1260,15 +1278,9 @@ async fn request_cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let Some(p) = s.as_ref().and_then(|s| s.principal.clone()) else {
-        return login_redirect("/");
-    };
-    if !csrf_ok(&s, &f.csrf) {
-        return csrf_failed(&state, &s);
-    }
-    match state.svc.cancel(&caller(p, origin), &id).await {
-        Ok(v) => Redirect::to(&format!("/requests/{}", v.id)).into_response(),
-        Err(e) => service_error_page(&state, &s, e),
+    match form_caller(&state, &s, &f.csrf, origin) {
+        Ok(c) => to_request_page(&state, &s, state.svc.cancel(&c, &id).await),
+        Err(page) => page,
     }
 }
 
@@ -1279,15 +1291,9 @@ async fn request_end(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let Some(p) = s.as_ref().and_then(|s| s.principal.clone()) else {
-        return login_redirect("/");
-    };
-    if !csrf_ok(&s, &f.csrf) {
-        return csrf_failed(&state, &s);
-    }
-    match state.svc.end_early(&caller(p, origin), &id).await {
-        Ok(v) => Redirect::to(&format!("/requests/{}", v.id)).into_response(),
-        Err(e) => service_error_page(&state, &s, e),
+    match form_caller(&state, &s, &f.csrf, origin) {
+        Ok(c) => to_request_page(&state, &s, state.svc.end_early(&c, &id).await),
+        Err(page) => page,
     }
 }
 

@@ -216,24 +216,26 @@ impl Service {
         req: &RequestRow,
         event: &str,
     ) -> ServiceResult<()> {
+        self.queue_watchers_with(tx, req, json!({ "event": event }), event)
+            .await
+    }
+
+    /// Mail each watcher of the request's guard; `key` makes the mail unique (a repeat of the
+    /// same key is not queued twice).
+    async fn queue_watchers_with(
+        &self,
+        tx: &mut Tx,
+        req: &RequestRow,
+        extra: serde_json::Value,
+        key: &str,
+    ) -> ServiceResult<()> {
         let Some(guard) = self.guard(&req.guard) else {
             return Ok(());
         };
         for w in &guard.watchers {
-            self.queue_mail(
-                tx,
-                MailKind::Watcher,
-                req,
-                w,
-                json!({ "event": event }),
-                format!(
-                    "mail:{}:watcher:{}:{}",
-                    req.request_id,
-                    event,
-                    w.to_lowercase()
-                ),
-            )
-            .await?;
+            let dedupe = format!("mail:{}:watcher:{key}:{}", req.request_id, w.to_lowercase());
+            self.queue_mail(tx, MailKind::Watcher, req, w, extra.clone(), dedupe)
+                .await?;
         }
         Ok(())
     }
@@ -571,25 +573,9 @@ impl Service {
             }
             _ => {
                 // One approval of several: tell the watchers who (one mail per approver).
-                if let Some(guard) = self.guard(&req.guard) {
-                    for w in &guard.watchers {
-                        let key = format!(
-                            "mail:{}:watcher:approval:{}:{}",
-                            req.request_id,
-                            p.id,
-                            w.to_lowercase()
-                        );
-                        self.queue_mail(
-                            &mut tx,
-                            MailKind::Watcher,
-                            &req,
-                            w,
-                            json!({ "event": "approval", "by": p.email }),
-                            key,
-                        )
-                        .await?;
-                    }
-                }
+                let extra = json!({ "event": "approval", "by": p.email });
+                self.queue_watchers_with(&mut tx, &req, extra, &format!("approval:{}", p.id))
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -868,23 +854,9 @@ impl Service {
             && let Some(req) = tx.get_request(&c.rid).await?
         {
             let event = format!("token_rejected:{reason}");
-            if let Some(guard) = self.guard(&req.guard) {
-                for w in &guard.watchers {
-                    self.queue_mail(
-                        &mut tx,
-                        MailKind::Watcher,
-                        &req,
-                        w,
-                        json!({ "event": event, "by": actor.email }),
-                        format!(
-                            "mail:{}:watcher:rejected:{seq}:{}",
-                            req.request_id,
-                            w.to_lowercase()
-                        ),
-                    )
-                    .await?;
-                }
-            }
+            let extra = json!({ "event": event, "by": actor.email });
+            self.queue_watchers_with(&mut tx, &req, extra, &format!("rejected:{seq}"))
+                .await?;
             tx.commit().await?;
             let since = timefmt::fmt(now - Duration::minutes(10));
             let recent = self
@@ -895,23 +867,9 @@ impl Service {
                 // One alert per request and ten-minute bucket.
                 let bucket = now.unix_timestamp() / 600;
                 let mut tx = self.store.begin().await?;
-                if let Some(guard) = self.guard(&req.guard) {
-                    for w in &guard.watchers {
-                        self.queue_mail(
-                            &mut tx,
-                            MailKind::Watcher,
-                            &req,
-                            w,
-                            json!({ "event": "repeated_token_rejections" }),
-                            format!(
-                                "mail:{}:watcher:alert:{bucket}:{}",
-                                req.request_id,
-                                w.to_lowercase()
-                            ),
-                        )
-                        .await?;
-                    }
-                }
+                let extra = json!({ "event": "repeated_token_rejections" });
+                self.queue_watchers_with(&mut tx, &req, extra, &format!("alert:{bucket}"))
+                    .await?;
                 tx.commit().await?;
             }
             self.wake_worker();
