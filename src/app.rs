@@ -93,6 +93,10 @@ impl App {
                 "pending requests voided: their guard's policy changed"
             );
         }
+        let svc_limits = (
+            svc.config.server.sign_in_rate_limit,
+            svc.config.server.api_rate_limit,
+        );
         let bind = svc.config.server.bind;
         let listener = TcpListener::bind(bind)
             .await
@@ -104,6 +108,10 @@ impl App {
                 svc,
                 worker_alive: Arc::new(AtomicBool::new(false)),
                 oidc,
+                limits: Arc::new(crate::http::rate_limit::RateLimits::new(
+                    svc_limits.0,
+                    svc_limits.1,
+                )),
             },
             addr,
             _sqlite_lock: sqlite_lock,

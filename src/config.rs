@@ -56,6 +56,8 @@ pub struct RawAudit {
 pub struct RawServer {
     pub bind: Option<String>,
     pub public_url: Option<String>,
+    pub sign_in_rate_limit: Option<u32>,
+    pub api_rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -294,6 +296,10 @@ pub struct AuditConfig {
 pub struct ServerConfig {
     pub bind: SocketAddr,
     pub public_url: url::Url,
+    /// Sign-in and review-link requests per minute per client address.
+    pub sign_in_rate_limit: u32,
+    /// API requests per minute per client address.
+    pub api_rate_limit: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -527,6 +533,16 @@ impl RawConfig {
         }
         .unwrap_or_else(|| url::Url::parse("http://127.0.0.1:8080").expect("static url"));
 
+        let sign_in_rate_limit = self.server.sign_in_rate_limit.unwrap_or(60);
+        let api_rate_limit = self.server.api_rate_limit.unwrap_or(600);
+        for (key, v) in [
+            ("server.sign_in_rate_limit", sign_in_rate_limit),
+            ("server.api_rate_limit", api_rate_limit),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                p.push(key, "must be between 1 and 1000000 requests per minute");
+            }
+        }
         let db_url = p.secret("database.url", self.database.url, self.database.url_file);
         let db_url = match db_url {
             Some(u) if u.expose().starts_with("sqlite:") || u.expose().starts_with("postgres") => {
@@ -747,7 +763,12 @@ impl RawConfig {
             return Err(ConfigErrors(p.0));
         }
         Ok(Config {
-            server: ServerConfig { bind, public_url },
+            server: ServerConfig {
+                bind,
+                public_url,
+                sign_in_rate_limit,
+                api_rate_limit,
+            },
             database: DatabaseConfig {
                 url: db_url.expect("checked above"),
                 max_connections,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod pages;
+pub mod rate_limit;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub worker_alive: Arc<AtomicBool>,
     /// The OpenID Connect issuer (`auth.mode = "oidc"` only).
     pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
+    /// Per-address limits for sign-in, review links and the API.
+    pub limits: Arc<rate_limit::RateLimits>,
 }
 
 /// The whole router.
@@ -64,7 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .layer(middleware::from_fn(reject_cross_site_writes))
-        .layer(middleware::from_fn(read_small_bodies_first));
+        .layer(middleware::from_fn(read_small_bodies_first))
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            rate_limit::limit,
+        ));
     with_security_headers(app, https)
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -328,3 +328,55 @@ async fn the_openapi_document_describes_every_api_route() {
         );
     }
 }
+
+/// Sign-in, review links and the API are limited per client address: 429 with Retry-After,
+/// before anything is looked up or audited.
+#[tokio::test]
+async fn each_class_of_endpoint_is_rate_limited_per_address() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut raw = test_config(&db.dir(), &db.url);
+    raw.server.sign_in_rate_limit = Some(5);
+    raw.server.api_rate_limit = Some(3);
+    let app = TestApp::spawn_on(
+        db,
+        raw,
+        std::sync::Arc::new(twokey::clock::ManualClock::new(start_time())),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let get = |p: &str| http.get(format!("{}{p}", app.base)).send();
+    for _ in 0..3 {
+        assert_eq!(
+            get("/api/v1/operations").await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    let r = get("/api/v1/operations").await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    // Junk review links: only the first five reach the handler (and the audit log).
+    let before = app.audit_count("token.rejected", None).await;
+    let mut limited = 0;
+    for _ in 0..8 {
+        if get("/review/not-a-token").await.unwrap().status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 3);
+    assert_eq!(app.audit_count("token.rejected", None).await - before, 5);
+    // Pages outside the three classes are not limited.
+    for _ in 0..10 {
+        assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
+    }
+}
