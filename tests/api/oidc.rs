@@ -943,6 +943,16 @@ async fn hostile_id_tokens_are_refused_with_a_page_and_an_audit_event(b: Backend
         session_of(&app, &http).await.1["principal"]["email"],
         "eve@fake.test"
     );
+    // SECURITY check: outside `twokey demo` neither the dev sign-in nor the outbox (which
+    // shows every review link) exists.
+    for path in ["/auth/dev", "/dev/outbox"] {
+        let r = http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
     let hits = fake.hits();
     assert!(hits >= 1);
 
