@@ -38,13 +38,23 @@ pub async fn verify_store(
     }
     let mut batches = store.audit_batches(&AuditQuery::default());
     while let Some(batch) = batches.next().await {
-        for row in batch? {
-            if row.seq > head_seq {
-                return Ok(v.finish(head_seq, &head_hash));
-            }
-            if let Err(e) = v.push(&row) {
-                return Ok(Err(e));
-            }
+        let mut batch = batch?;
+        // Rows appended after the head was read are left for next time.
+        let past_head = batch.last().is_some_and(|r| r.seq > head_seq);
+        batch.retain(|r| r.seq <= head_seq);
+        // Hashing is CPU work on all cores: off the async runtime's threads.
+        let (back, pushed) = tokio::task::spawn_blocking(move || {
+            let pushed = v.push_batch(&batch);
+            (v, pushed)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("verify task: {e}")))?;
+        v = back;
+        if let Err(e) = pushed {
+            return Ok(Err(e));
+        }
+        if past_head {
+            break;
         }
     }
     Ok(v.finish(head_seq, &head_hash))

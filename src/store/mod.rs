@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use sqlx::ConnectOptions as _;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Executor};
 
@@ -28,6 +29,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// From a direct (non-sqlx) SQLite read, see `audit_export`.
+    #[error("database error: {0}")]
+    Direct(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -44,6 +48,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database file, for a SQLite store that lives in a file: bulk audit reads go to it
+    /// directly (see `audit_export`).
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -72,7 +79,18 @@ impl Store {
                 "?mode=rwc"
             });
         }
-        let opts = AnyConnectOptions::from_str(&url)?;
+        // A statement over a second is normal for a bulk audit export or verify; sqlx would
+        // warn on the CLI's terminal for each. Info level keeps it for whoever wants it.
+        let opts = AnyConnectOptions::from_str(&url)?
+            .log_slow_statements(log::LevelFilter::Info, Duration::from_secs(1));
+        let sqlite_file = match backend {
+            Backend::Sqlite if !url.contains(":memory:") && !url.contains("mode=memory") => Some(
+                sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+                    .get_filename()
+                    .to_path_buf(),
+            ),
+            _ => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
@@ -92,7 +110,11 @@ impl Store {
             })
             .connect_with(opts)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_file,
+        })
     }
 
     pub fn backend(&self) -> Backend {
