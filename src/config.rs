@@ -1788,7 +1788,9 @@ mod tests {
         }
         let k8s = include_str!("../deploy/kubernetes/config.toml");
         let issuer = "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0";
-        let cases: [(&str, &str, &[(&str, &str)]); 4] = [
+        // (deploy target, its config file, the variables its manifest sets)
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: [Case; 4] = [
             (
                 "kubernetes",
                 k8s,
