@@ -10,7 +10,9 @@
 #      TWOKEY_TEST_PG_URL. The Rust tests create one uuid-named database per test from it and drop it.
 #   3. installs the test peers (tests/peers: npm packages, chromium for playwright), but only if
 #      tests/peers/package.json exists and only what is missing.
-#   4. runs cargo fmt --check, cargo clippy (-D warnings), cargo test --all-targets and the browser
+#   4. checks deploy/ offline (scripts/check-deploy.sh: Kubernetes and compose schemas, Bicep parse,
+#      hadolint, systemd-analyze), then
+#      runs cargo fmt --check, cargo clippy (-D warnings), cargo test --all-targets and the browser
 #      tests (node --test tests/peers/, chromium via playwright-core), stopping at
 #      the first failure.
 #   5. when everything passed, drops the test databases again and prints the total time.
@@ -205,6 +207,9 @@ step "test peers"
 install_peers
 # The audit tests check the README's jq + sha256sum recipe (scripts/audit-verify-jsonl.sh).
 command -v jq >/dev/null || apt_install jq
+
+step "deploy/ checks (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
 
 step "Rust toolchain"
 ensure_rust

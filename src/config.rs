@@ -1763,6 +1763,145 @@ mod tests {
         assert!(c.azure.is_some(), "its guards use azure-pim");
     }
 
+    /// The configs under deploy/ with the `TWOKEY_…` variables their manifests set
+    /// (deploy/kubernetes/deployment.yaml, its workload-identity overlay, deploy/azure/main.bicep,
+    /// deploy/compose.yaml): each must name only real keys and validate. Keep the lists in step
+    /// with those files.
+    #[test]
+    fn the_deploy_configs_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path();
+        std::fs::create_dir(secrets.join("twokey")).unwrap();
+        for sub in ["", "twokey/"] {
+            for (name, value) in [
+                (
+                    "database-url",
+                    "postgres://twokey:pw@db.example.com/twokey?sslmode=verify-full",
+                ),
+                ("oidc-client-secret", "client-secret"),
+                ("review-key-1", "0123456789abcdef0123456789abcdef0123"),
+                ("smtp-url", "smtp://relay.example.com:587?tls=required"),
+                ("azure-client-secret", "azure-secret"),
+            ] {
+                std::fs::write(secrets.join(format!("{sub}{name}")), format!("{value}\n")).unwrap();
+            }
+        }
+        let k8s = include_str!("../deploy/kubernetes/config.toml");
+        let issuer = "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0";
+        // (deploy target, its config file, the variables its manifest sets)
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: [Case; 4] = [
+            (
+                "kubernetes",
+                k8s,
+                &[
+                    ("TWOKEY_SERVER_BIND", "0.0.0.0:8080"),
+                    ("TWOKEY_AZURE_CREDENTIAL", "client-secret"),
+                    (
+                        "TWOKEY_AZURE_CLIENT_SECRET_FILE",
+                        "/run/secrets/twokey/azure-client-secret",
+                    ),
+                ],
+            ),
+            (
+                "kubernetes/workload-identity",
+                k8s,
+                &[
+                    ("TWOKEY_SERVER_BIND", "0.0.0.0:8080"),
+                    ("TWOKEY_AZURE_CREDENTIAL", "workload-identity"),
+                    // What the webhook's AZURE_FEDERATED_TOKEN_FILE says.
+                    (
+                        "TWOKEY_AZURE_FEDERATED_TOKEN_FILE",
+                        "/var/run/secrets/azure/tokens/azure-identity-token",
+                    ),
+                ],
+            ),
+            (
+                "azure",
+                include_str!("../deploy/azure/config.toml"),
+                &[
+                    ("TWOKEY_SERVER_BIND", "0.0.0.0:8080"),
+                    (
+                        "TWOKEY_SERVER_PUBLIC_URL",
+                        "https://twokey.example.azurecontainerapps.io",
+                    ),
+                    (
+                        "TWOKEY_DATABASE_URL_FILE",
+                        "/run/secrets/twokey/database-url",
+                    ),
+                    (
+                        "TWOKEY_AUTH_CLIENT_SECRET_FILE",
+                        "/run/secrets/twokey/oidc-client-secret",
+                    ),
+                    ("TWOKEY_MAIL_SMTP_URL_FILE", "/run/secrets/twokey/smtp-url"),
+                    (
+                        "TWOKEY_REVIEW_KEYS",
+                        "[{kid=review-1,secret_file=/run/secrets/twokey/review-key-1}]",
+                    ),
+                    ("TWOKEY_AZURE_CREDENTIAL", "managed-identity"),
+                    (
+                        "TWOKEY_AZURE_CLIENT_ID",
+                        "11111111-1111-1111-1111-111111111111",
+                    ),
+                    (
+                        "TWOKEY_AZURE_TENANT_ID",
+                        "22222222-2222-2222-2222-222222222222",
+                    ),
+                ],
+            ),
+            (
+                "compose",
+                include_str!("../deploy/compose/config.toml"),
+                &[
+                    ("TWOKEY_SERVER_BIND", "0.0.0.0:8080"),
+                    ("TWOKEY_SERVER_PUBLIC_URL", "http://localhost:8080"),
+                    ("TWOKEY_DATABASE_URL_FILE", "/run/secrets/database-url"),
+                    ("TWOKEY_AUTH_MODE", "oidc"),
+                    ("TWOKEY_AUTH_ISSUER", issuer),
+                    (
+                        "TWOKEY_AUTH_CLIENT_ID",
+                        "00000000-0000-0000-0000-000000000000",
+                    ),
+                    (
+                        "TWOKEY_AUTH_CLIENT_SECRET_FILE",
+                        "/run/secrets/oidc-client-secret",
+                    ),
+                    ("TWOKEY_MAIL_FROM", "twokey <twokey@localhost.localdomain>"),
+                    ("TWOKEY_MAIL_SMTP_URL", "smtp://mailpit:1025?tls=none"),
+                    (
+                        "TWOKEY_REVIEW_KEYS",
+                        "[{kid=review-1,secret_file=/run/secrets/review-key-1}]",
+                    ),
+                    ("TWOKEY_JOBS_ENABLED", "true"),
+                ],
+            ),
+        ];
+        let local = |v: &str| v.replace("/run/secrets/", &format!("{}/", secrets.display()));
+        for (name, text, env) in cases {
+            // The file, then each variable parsed and mapped as `RawConfig::load` does.
+            let mut fig = Figment::from(Toml::string(&local(text)));
+            for (var, value) in env {
+                let key = env_key(&var.strip_prefix("TWOKEY_").unwrap().to_ascii_lowercase());
+                let value: figment::value::Value = local(value).parse().unwrap();
+                fig = fig.merge(Serialized::default(&key, value));
+            }
+            let raw: RawConfig = fig
+                .extract()
+                .unwrap_or_else(|e| panic!("deploy/{name}: unknown or mistyped key: {e}"));
+            let c = raw
+                .validate()
+                .unwrap_or_else(|e| panic!("deploy/{name} does not validate: {e}"));
+            assert!(
+                !c.server.bind.ip().is_loopback(),
+                "deploy/{name} must listen beyond loopback"
+            );
+            assert!(
+                c.database.url.expose().starts_with("postgres://"),
+                "deploy/{name}"
+            );
+        }
+    }
+
     #[test]
     fn dev_sign_in_refuses_a_non_loopback_bind_but_oidc_may() {
         let mut raw = minimal();
