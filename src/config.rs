@@ -2118,6 +2118,14 @@ mod tests {
         assert_eq!(env_key("auth_claims_email"), "auth.claims.email");
         assert_eq!(env_key("auth_claims_object_id"), "auth.claims.object_id");
         assert_eq!(env_key("auth_api_audience"), "auth.api_audience");
+        assert_eq!(
+            env_key("alerts_token_burst_count"),
+            "alerts.token_burst_count"
+        );
+        assert_eq!(
+            env_key("alerts_business_hours_start"),
+            "alerts.business_hours.start"
+        );
     }
 
     fn oidc() -> RawConfig {
@@ -2195,8 +2203,16 @@ mod tests {
     fn the_example_config_names_only_real_keys_and_validates() {
         // The example's secret files, made real in a temp dir.
         let dir = tempfile::tempdir().unwrap();
-        for f in ["oidc-client-secret", "review-key-1"] {
+        for f in [
+            "oidc-client-secret",
+            "review-key-1",
+            "alert-hook-azure-prod",
+            "webhook-siem-secret",
+        ] {
             std::fs::write(dir.path().join(f), "0123456789abcdef0123456789abcdef\n").unwrap();
+        }
+        for f in ["webhook-siem-url", "webhook-teams-url"] {
+            std::fs::write(dir.path().join(f), "https://hooks.example.com/x\n").unwrap();
         }
         std::fs::write(
             dir.path().join("smtp-url"),
@@ -2214,6 +2230,61 @@ mod tests {
             .unwrap_or_else(|e| panic!("the example validates: {e}"));
         assert_eq!(c.guards.len(), 2);
         assert!(c.azure.is_some(), "its guards use azure-pim");
+        assert_eq!(c.alerts.hooks.len(), 1);
+        assert_eq!(c.webhooks.len(), 2);
+        assert!(c.alerts.business_hours.is_some());
+    }
+
+    #[test]
+    fn alert_settings_are_checked_and_webhook_urls_never_echoed() {
+        let mut raw = minimal();
+        raw.alerts.hooks = vec![RawHook {
+            name: "a b".into(),
+            secret: Some("short".into()),
+            secret_file: None,
+        }];
+        raw.alerts.time_zone = Some("Mars/Olympus".into());
+        raw.alerts.business_hours = Some(RawBusinessHours {
+            days: Some(vec!["mon".into(), "funday".into()]),
+            start: Some("18:00".into()),
+            end: Some("8am".into()),
+        });
+        raw.webhooks = vec![
+            RawWebhook {
+                name: "w".into(),
+                kind: "slack".into(),
+                url: Some("http://hooks.slack.example/T000/SECRETPART".into()),
+                events: Some(vec!["created".into(), "deleted".into()]),
+                ..Default::default()
+            },
+            RawWebhook {
+                name: "j".into(),
+                kind: "json".into(),
+                url: Some("http://127.0.0.1:9/x".into()),
+                ..Default::default()
+            },
+        ];
+        raw.guards[0].webhooks = vec!["nope".into()];
+        let errs = raw.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "alerts.hooks[0].name",
+            "alerts.hooks[0].secret",
+            "alerts.time_zone",
+            "alerts.business_hours.days[1]",
+            "alerts.business_hours.end",
+            "webhooks[0].url",
+            "webhooks[0].events[1]",
+            "webhooks[1].url",
+            "webhooks[1].secret",
+            "guards[0].webhooks[0]",
+        ] {
+            assert!(keys.contains(&k), "{k} in {keys:?}");
+        }
+        assert!(
+            !errs.iter().any(|p| p.message.contains("SECRETPART")),
+            "a webhook URL is a credential: {errs:?}"
+        );
     }
 
     #[test]
