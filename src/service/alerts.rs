@@ -550,6 +550,8 @@ impl Service {
                 received_at: timefmt::fmt(now),
             })
             .await?;
+        // SECURITY: one event and one notice per alert id and condition, decided by the
+        // primary key inside the writers' lock, so concurrent retries cannot double it.
         if !fresh {
             return Ok(Intake::Duplicate);
         }
@@ -583,6 +585,8 @@ impl Service {
             }),
         )
         .await?;
+        // SECURITY: an alert about backups that no guard claims is told to the fallback
+        // audience, never dropped: it more likely shows a gap in the guards than noise.
         let audience = if guards.is_empty() {
             Audience::Fallback
         } else {

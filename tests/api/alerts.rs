@@ -273,6 +273,22 @@ async fn the_intake_refuses_wrong_secrets_big_bodies_and_bad_json(b: Backend) {
     );
     assert_eq!(app.audit_count("alert.received", None).await, 0);
 
+    // The same alert eight times at once: taken in once.
+    let delete = payload("activity_vault_delete.json");
+    let answers = futures::future::join_all((0..8).map(|_| post_alert(&app, &delete))).await;
+    let accepted = answers
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::OK && v["status"] == "accepted")
+        .count();
+    let duplicates = answers
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::OK && v["status"] == "duplicate")
+        .count();
+    assert_eq!((accepted, duplicates), (1, 7), "{answers:?}");
+    assert_eq!(app.audit_count("alert.received", None).await, 1);
+    app.settle().await;
+    assert_eq!(alert_mails(&app, "fin@demo.twokey", "Azure alert").await, 1);
+
     // The header form with the right secret works.
     let (s, v) = post_raw(
         &app,
@@ -285,7 +301,7 @@ async fn the_intake_refuses_wrong_secrets_big_bodies_and_bad_json(b: Backend) {
         (s, v["status"].as_str()),
         (StatusCode::OK, Some("accepted"))
     );
-    assert_eq!(app.audit_count("alert.received", None).await, 1);
+    assert_eq!(app.audit_count("alert.received", None).await, 2);
 }
 
 /// A local webhook receiver: records each call, and fails the first `fail` calls to `/json`.
