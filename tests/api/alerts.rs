@@ -304,10 +304,13 @@ async fn the_intake_refuses_wrong_secrets_big_bodies_and_bad_json(b: Backend) {
     assert_eq!(app.audit_count("alert.received", None).await, 2);
 }
 
+/// One call a receiver got: its kind (path), headers and raw body.
+type Call = (String, reqwest::header::HeaderMap, Vec<u8>);
+
 /// A local webhook receiver: records each call, and fails the first `fail` calls to `/json`.
 #[derive(Clone, Default)]
 struct Receiver {
-    calls: Arc<Mutex<Vec<(String, reqwest::header::HeaderMap, Vec<u8>)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
     fail: Arc<Mutex<usize>>,
 }
 
