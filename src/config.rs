@@ -25,7 +25,7 @@ use crate::secret::{Secret, redact_url};
 
 /// The top-level sections; an env var `TWOKEY_<SECTION>_<KEY>` maps to `<section>.<key>`.
 const SECTIONS: &[&str] = &[
-    "server", "database", "auth", "mail", "review", "jobs", "azure", "audit",
+    "server", "database", "auth", "mail", "review", "jobs", "azure", "audit", "alerts",
 ];
 
 // ---- raw shapes: what the file and environment may contain -------------------------------
@@ -41,7 +41,76 @@ pub struct RawConfig {
     pub jobs: RawJobs,
     pub azure: RawAzure,
     pub audit: RawAudit,
+    pub alerts: RawAlerts,
+    pub webhooks: Vec<RawWebhook>,
     pub guards: Vec<RawGuard>,
+}
+
+/// `[alerts]`: Azure Monitor intake, the suspicious-activity rules, the daily digest.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAlerts {
+    /// `[[alerts.hooks]]`: one per Azure Monitor action group (or per team), each with its secret.
+    pub hooks: Vec<RawHook>,
+    /// Who hears of an Azure alert that no guard's vaults cover; unset = every guard's watchers.
+    pub fallback_watchers: Option<Vec<String>>,
+    /// Webhooks (by name) that hear of such an alert too.
+    pub fallback_webhooks: Vec<String>,
+    /// The zone for business hours, "a day" and the digest's time (IANA name, e.g. Europe/Berlin).
+    pub time_zone: Option<String>,
+    pub business_hours: Option<RawBusinessHours>,
+    /// Refused review links within `token_burst_window` that raise an alert.
+    pub token_burst_count: Option<u32>,
+    pub token_burst_window: Option<String>,
+    /// More requests than this by one requester within a day (24 hours) raise an alert; 0 = off.
+    pub max_requests_per_day: Option<u32>,
+    /// How far back a backup-failure alert makes a destructive request suspicious.
+    pub failure_lookback: Option<String>,
+    /// Mail watchers a daily digest.
+    pub digest: Option<bool>,
+    /// When (HH:MM in `time_zone`) the digest goes out.
+    pub digest_time: Option<String>,
+    /// Whole-request timeout for one webhook delivery.
+    pub webhook_timeout: Option<String>,
+    /// Allow `http://` webhook URLs to loopback addresses (tests only; never in production).
+    pub allow_http_loopback: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHook {
+    pub name: String,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `[alerts.business_hours]`: requests outside these hours raise an alert.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBusinessHours {
+    /// Weekdays as mon, tue, wed, thu, fri, sat, sun; default mon–fri.
+    pub days: Option<Vec<String>>,
+    /// HH:MM, default 08:00.
+    pub start: Option<String>,
+    /// HH:MM, default 18:00 (exclusive).
+    pub end: Option<String>,
+}
+
+/// `[[webhooks]]`: an outbound destination. Guards name the ones they use.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWebhook {
+    pub name: String,
+    /// `json` (signed generic JSON), `teams` (Workflows / incoming webhook), `slack`.
+    pub kind: String,
+    /// A secret: Slack and Teams URLs carry their credential.
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    /// HMAC key for `json` webhooks.
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// Which events go here; default every event (`["*"]`).
+    pub events: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -203,6 +272,8 @@ pub struct RawGuard {
     pub credential: Option<String>,
     /// The client id for this guard's tenant (default: `azure.client_id`).
     pub client_id: Option<String>,
+    /// Webhooks (by `[[webhooks]]` name) that hear of this guard's events.
+    pub webhooks: Vec<String>,
 }
 
 // ---- validated shapes ----------------------------------------------------------------------
@@ -220,6 +291,90 @@ pub struct Config {
     pub guards: Vec<GuardPolicy>,
     /// Present when a guard uses an Azure elevation backend.
     pub azure: Option<AzureConfig>,
+    pub alerts: AlertsConfig,
+    pub webhooks: Vec<WebhookConfig>,
+    /// Per guard name: the webhooks it sends to.
+    pub guard_webhooks: BTreeMap<String, Vec<String>>,
+}
+
+/// The validated `[alerts]` section.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub hooks: Vec<AlertHook>,
+    pub fallback_watchers: Option<Vec<String>>,
+    pub fallback_webhooks: Vec<String>,
+    pub time_zone: chrono_tz::Tz,
+    pub business_hours: Option<crate::domain::alerts::BusinessHours>,
+    pub token_burst_count: u32,
+    pub token_burst_window: Duration,
+    pub max_requests_per_day: u32,
+    pub failure_lookback: Duration,
+    /// Minutes after local midnight when the digest goes out; `None`: no digest.
+    pub digest_at: Option<u32>,
+    pub webhook_timeout: Duration,
+    pub allow_http_loopback: bool,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            hooks: vec![],
+            fallback_watchers: None,
+            fallback_webhooks: vec![],
+            time_zone: chrono_tz::UTC,
+            business_hours: None,
+            token_burst_count: 5,
+            token_burst_window: Duration::from_secs(600),
+            max_requests_per_day: 10,
+            failure_lookback: Duration::from_secs(24 * 3600),
+            digest_at: None,
+            webhook_timeout: Duration::from_secs(10),
+            allow_http_loopback: false,
+        }
+    }
+}
+
+/// One Azure Monitor intake hook.
+#[derive(Debug, Clone)]
+pub struct AlertHook {
+    pub name: String,
+    pub secret: Secret,
+}
+
+/// What an outbound webhook speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookKind {
+    Json,
+    Teams,
+    Slack,
+}
+
+impl WebhookKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(Self::Json),
+            "teams" => Some(Self::Teams),
+            "slack" => Some(Self::Slack),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Teams => "teams",
+            Self::Slack => "slack",
+        }
+    }
+}
+
+/// One outbound webhook, validated. The URL is a secret (Slack and Teams URLs are credentials).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub kind: WebhookKind,
+    pub url: Secret,
+    pub secret: Option<Secret>,
+    pub events: Vec<String>,
 }
 
 /// How an Azure credential gets its tokens.
@@ -452,7 +607,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Tables inside a section; `TWOKEY_AUTH_CLAIMS_EMAIL` → `auth.claims.email`.
-const SUBSECTIONS: &[(&str, &str)] = &[("auth", "claims")];
+const SUBSECTIONS: &[(&str, &str)] = &[("auth", "claims"), ("alerts", "business_hours")];
 
 /// Map `database_url` → `database.url`: the first `_` after a known section becomes a dot
 /// (and, for a known sub-table, the first `_` after it too).
@@ -735,6 +890,19 @@ impl RawConfig {
 
         let mut guards: Vec<GuardPolicy> = Vec::new();
         let mut overrides = Vec::new();
+        let mut guard_webhooks = BTreeMap::new();
+        let (alerts, webhooks) = validate_alerts(&mut p, self.alerts, self.webhooks);
+        for (i, g) in self.guards.iter().enumerate() {
+            for (j, w) in g.webhooks.iter().enumerate() {
+                if !webhooks.iter().any(|x| &x.name == w) {
+                    p.push(
+                        &format!("guards[{i}].webhooks[{j}]"),
+                        format!("`{w}` is not the name of a [[webhooks]] entry"),
+                    );
+                }
+            }
+            guard_webhooks.insert(g.name.clone(), g.webhooks.clone());
+        }
         for (i, g) in self.guards.into_iter().enumerate() {
             let o = GuardAzureOverride {
                 index: i,
@@ -793,7 +961,292 @@ impl RawConfig {
             audit,
             guards,
             azure,
+            alerts,
+            webhooks,
+            guard_webhooks,
         })
+    }
+}
+
+/// Check a name used in config and URLs: 1–64 letters, digits, `-` and `_`.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// "HH:MM" → minutes after midnight.
+fn clock_minutes(raw: &str) -> Result<u32, String> {
+    let bad = || format!("`{raw}` is not a time like 08:00");
+    let (h, m) = raw.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+fn validate_alerts(
+    p: &mut Problems,
+    a: RawAlerts,
+    raw_webhooks: Vec<RawWebhook>,
+) -> (AlertsConfig, Vec<WebhookConfig>) {
+    let d = AlertsConfig::default();
+    let allow_http_loopback = a.allow_http_loopback.unwrap_or(false);
+    let mut hooks: Vec<AlertHook> = Vec::new();
+    for (i, h) in a.hooks.into_iter().enumerate() {
+        let key = format!("alerts.hooks[{i}]");
+        if !plain_name(&h.name) {
+            p.push(
+                &format!("{key}.name"),
+                "must be 1–64 characters of letters, digits, - and _",
+            );
+        } else if hooks.iter().any(|x| x.name == h.name) {
+            p.push(
+                &format!("{key}.name"),
+                format!("`{}` is used twice", h.name),
+            );
+        }
+        match p.secret(&format!("{key}.secret"), h.secret, h.secret_file) {
+            // SECURITY: the secret is all that authenticates Azure's calls (an action group
+            // cannot sign them): long enough that it cannot be guessed, URL-safe so it can sit
+            // in the webhook URL.
+            Some(s) if s.expose().len() < 32 => {
+                p.push(&format!("{key}.secret"), "must be at least 32 characters")
+            }
+            Some(s)
+                if !s
+                    .expose()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                p.push(
+                    &format!("{key}.secret"),
+                    "must be letters, digits, - and _ only (it goes into a URL); e.g. `openssl rand -hex 32`",
+                )
+            }
+            Some(secret) => hooks.push(AlertHook {
+                name: h.name,
+                secret,
+            }),
+            None => p.push(&format!("{key}.secret"), "is required"),
+        }
+    }
+    let mut webhooks: Vec<WebhookConfig> = Vec::new();
+    for (i, w) in raw_webhooks.into_iter().enumerate() {
+        let key = format!("webhooks[{i}]");
+        let before = p.0.len();
+        if !plain_name(&w.name) {
+            p.push(
+                &format!("{key}.name"),
+                "must be 1–64 characters of letters, digits, - and _",
+            );
+        } else if webhooks.iter().any(|x| x.name == w.name) {
+            p.push(
+                &format!("{key}.name"),
+                format!("`{}` is used twice", w.name),
+            );
+        }
+        let kind = WebhookKind::parse(&w.kind);
+        if kind.is_none() {
+            p.push(
+                &format!("{key}.kind"),
+                format!("`{}` is not one of json, teams, slack", w.kind),
+            );
+        }
+        let url = p.secret(&format!("{key}.url"), w.url, w.url_file);
+        match &url {
+            None => p.push(&format!("{key}.url"), "is required"),
+            // SECURITY: the URL is never echoed (Slack and Teams URLs are credentials).
+            Some(u) => {
+                if let Err(e) = webhook_url_ok(u.expose(), allow_http_loopback) {
+                    p.push(&format!("{key}.url"), e);
+                }
+            }
+        }
+        let secret = p.secret(&format!("{key}.secret"), w.secret, w.secret_file);
+        match (kind, &secret) {
+            (Some(WebhookKind::Json), None) => p.push(
+                &format!("{key}.secret"),
+                "is required for kind = \"json\" (it signs every delivery)",
+            ),
+            (Some(WebhookKind::Json), Some(s)) if s.expose().len() < 32 => {
+                p.push(&format!("{key}.secret"), "must be at least 32 characters")
+            }
+            (Some(WebhookKind::Teams | WebhookKind::Slack), Some(_)) => p.push(
+                &format!("{key}.secret"),
+                "only json webhooks are signed; Teams and Slack authenticate by their URL",
+            ),
+            _ => {}
+        }
+        let events = w.events.unwrap_or_else(|| vec!["*".into()]);
+        for (j, e) in events.iter().enumerate() {
+            if !crate::domain::alerts::is_known_event_filter(e) {
+                p.push(
+                    &format!("{key}.events[{j}]"),
+                    format!(
+                        "`{e}` is not an event name ({})",
+                        crate::domain::alerts::EVENT_FILTERS.join(", ")
+                    ),
+                );
+            }
+        }
+        if p.0.len() == before {
+            webhooks.push(WebhookConfig {
+                name: w.name,
+                kind: kind.expect("checked"),
+                url: url.expect("checked"),
+                secret,
+                events,
+            });
+        }
+    }
+    for (j, w) in a.fallback_webhooks.iter().enumerate() {
+        if !webhooks.iter().any(|x| &x.name == w) {
+            p.push(
+                &format!("alerts.fallback_webhooks[{j}]"),
+                format!("`{w}` is not the name of a [[webhooks]] entry"),
+            );
+        }
+    }
+    if let Some(list) = &a.fallback_watchers {
+        for (j, w) in list.iter().enumerate() {
+            if !is_plausible_email(w) {
+                p.push(
+                    &format!("alerts.fallback_watchers[{j}]"),
+                    format!("`{w}` is not an email"),
+                );
+            }
+        }
+    }
+    let time_zone = match a.time_zone.as_deref() {
+        None => chrono_tz::UTC,
+        Some(z) => match z.parse::<chrono_tz::Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
+                p.push(
+                    "alerts.time_zone",
+                    format!("`{z}` is not an IANA time zone like Europe/Berlin or UTC"),
+                );
+                chrono_tz::UTC
+            }
+        },
+    };
+    let business_hours = a.business_hours.map(|b| {
+        let days = b.days.unwrap_or_else(|| {
+            ["mon", "tue", "wed", "thu", "fri"]
+                .map(String::from)
+                .to_vec()
+        });
+        let mut mask = [false; 7];
+        for (j, day) in days.iter().enumerate() {
+            match crate::domain::alerts::weekday_index(day) {
+                Some(k) => mask[k] = true,
+                None => p.push(
+                    &format!("alerts.business_hours.days[{j}]"),
+                    format!("`{day}` is not one of mon, tue, wed, thu, fri, sat, sun"),
+                ),
+            }
+        }
+        let start = p
+            .check(
+                "alerts.business_hours.start",
+                clock_minutes(b.start.as_deref().unwrap_or("08:00")),
+            )
+            .unwrap_or(8 * 60);
+        let end = p
+            .check(
+                "alerts.business_hours.end",
+                clock_minutes(b.end.as_deref().unwrap_or("18:00")),
+            )
+            .unwrap_or(18 * 60);
+        if start >= end {
+            p.push(
+                "alerts.business_hours.end",
+                "must be later than start (hours across midnight are not supported)",
+            );
+        }
+        crate::domain::alerts::BusinessHours {
+            days: mask,
+            start_minute: start,
+            end_minute: end,
+            time_zone,
+        }
+    });
+    let token_burst_count = a.token_burst_count.unwrap_or(d.token_burst_count);
+    if !(2..=1000).contains(&token_burst_count) {
+        p.push("alerts.token_burst_count", "must be between 2 and 1000");
+    }
+    let token_burst_window = p
+        .duration(
+            "alerts.token_burst_window",
+            a.token_burst_window.as_deref(),
+            "10m",
+        )
+        .unwrap_or(d.token_burst_window);
+    let failure_lookback = p
+        .duration(
+            "alerts.failure_lookback",
+            a.failure_lookback.as_deref(),
+            "24h",
+        )
+        .unwrap_or(d.failure_lookback);
+    let digest_at = if a.digest.unwrap_or(false) {
+        p.check(
+            "alerts.digest_time",
+            clock_minutes(a.digest_time.as_deref().unwrap_or("08:00")),
+        )
+    } else {
+        None
+    };
+    let webhook_timeout = p
+        .duration(
+            "alerts.webhook_timeout",
+            a.webhook_timeout.as_deref(),
+            "10s",
+        )
+        .unwrap_or(d.webhook_timeout);
+    (
+        AlertsConfig {
+            hooks,
+            fallback_watchers: a.fallback_watchers,
+            fallback_webhooks: a.fallback_webhooks,
+            time_zone,
+            business_hours,
+            token_burst_count,
+            token_burst_window,
+            max_requests_per_day: a.max_requests_per_day.unwrap_or(d.max_requests_per_day),
+            failure_lookback,
+            digest_at,
+            webhook_timeout,
+            allow_http_loopback,
+        },
+        webhooks,
+    )
+}
+
+/// SECURITY: webhook deliveries carry what happened to backups; https only, except plain http
+/// to a loopback address when `alerts.allow_http_loopback` says so (tests). No credentials in
+/// the URL's user part (they would go out in clear in logs of proxies), no fragments.
+pub fn webhook_url_ok(raw: &str, allow_http_loopback: bool) -> Result<url::Url, String> {
+    let u = url::Url::parse(raw).map_err(|_| "is not a URL".to_string())?;
+    if u.host().is_none() {
+        return Err("has no host".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry a user or password".into());
+    }
+    match u.scheme() {
+        "https" => Ok(u),
+        "http" if allow_http_loopback && is_loopback_url(&u) => Ok(u),
+        "http" if is_loopback_url(&u) => Err(
+            "must be https (plain http to loopback needs alerts.allow_http_loopback = true)".into(),
+        ),
+        _ => Err("must be an https URL".into()),
     }
 }
 
@@ -1665,6 +2118,14 @@ mod tests {
         assert_eq!(env_key("auth_claims_email"), "auth.claims.email");
         assert_eq!(env_key("auth_claims_object_id"), "auth.claims.object_id");
         assert_eq!(env_key("auth_api_audience"), "auth.api_audience");
+        assert_eq!(
+            env_key("alerts_token_burst_count"),
+            "alerts.token_burst_count"
+        );
+        assert_eq!(
+            env_key("alerts_business_hours_start"),
+            "alerts.business_hours.start"
+        );
     }
 
     fn oidc() -> RawConfig {
@@ -1742,8 +2203,16 @@ mod tests {
     fn the_example_config_names_only_real_keys_and_validates() {
         // The example's secret files, made real in a temp dir.
         let dir = tempfile::tempdir().unwrap();
-        for f in ["oidc-client-secret", "review-key-1"] {
+        for f in [
+            "oidc-client-secret",
+            "review-key-1",
+            "alert-hook-azure-prod",
+            "webhook-siem-secret",
+        ] {
             std::fs::write(dir.path().join(f), "0123456789abcdef0123456789abcdef\n").unwrap();
+        }
+        for f in ["webhook-siem-url", "webhook-teams-url"] {
+            std::fs::write(dir.path().join(f), "https://hooks.example.com/x\n").unwrap();
         }
         std::fs::write(
             dir.path().join("smtp-url"),
@@ -1761,6 +2230,61 @@ mod tests {
             .unwrap_or_else(|e| panic!("the example validates: {e}"));
         assert_eq!(c.guards.len(), 2);
         assert!(c.azure.is_some(), "its guards use azure-pim");
+        assert_eq!(c.alerts.hooks.len(), 1);
+        assert_eq!(c.webhooks.len(), 2);
+        assert!(c.alerts.business_hours.is_some());
+    }
+
+    #[test]
+    fn alert_settings_are_checked_and_webhook_urls_never_echoed() {
+        let mut raw = minimal();
+        raw.alerts.hooks = vec![RawHook {
+            name: "a b".into(),
+            secret: Some("short".into()),
+            secret_file: None,
+        }];
+        raw.alerts.time_zone = Some("Mars/Olympus".into());
+        raw.alerts.business_hours = Some(RawBusinessHours {
+            days: Some(vec!["mon".into(), "funday".into()]),
+            start: Some("18:00".into()),
+            end: Some("8am".into()),
+        });
+        raw.webhooks = vec![
+            RawWebhook {
+                name: "w".into(),
+                kind: "slack".into(),
+                url: Some("http://hooks.slack.example/T000/SECRETPART".into()),
+                events: Some(vec!["created".into(), "deleted".into()]),
+                ..Default::default()
+            },
+            RawWebhook {
+                name: "j".into(),
+                kind: "json".into(),
+                url: Some("http://127.0.0.1:9/x".into()),
+                ..Default::default()
+            },
+        ];
+        raw.guards[0].webhooks = vec!["nope".into()];
+        let errs = raw.validate().unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "alerts.hooks[0].name",
+            "alerts.hooks[0].secret",
+            "alerts.time_zone",
+            "alerts.business_hours.days[1]",
+            "alerts.business_hours.end",
+            "webhooks[0].url",
+            "webhooks[0].events[1]",
+            "webhooks[1].url",
+            "webhooks[1].secret",
+            "guards[0].webhooks[0]",
+        ] {
+            assert!(keys.contains(&k), "{k} in {keys:?}");
+        }
+        assert!(
+            !errs.iter().any(|p| p.message.contains("SECRETPART")),
+            "a webhook URL is a credential: {errs:?}"
+        );
     }
 
     /// The configs under deploy/ with the `TWOKEY_…` variables their manifests set

@@ -41,13 +41,15 @@ pub enum Action {
     AuthFailed,
     PolicyLoaded,
     AlertReceived,
+    /// A suspicious-activity rule fired (`details.rule`); twokey's own, beside the contract's names.
+    AlertRaised,
     NotificationSent,
     NotificationFailed,
 }
 
 impl Action {
     /// Every action, in the order of DESIGN.md's list.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Self::RequestCreated,
         Self::RequestCancelled,
         Self::RequestExpired,
@@ -63,6 +65,7 @@ impl Action {
         Self::AuthFailed,
         Self::PolicyLoaded,
         Self::AlertReceived,
+        Self::AlertRaised,
         Self::NotificationSent,
         Self::NotificationFailed,
     ];
@@ -89,6 +92,7 @@ impl Action {
             Self::AuthFailed => "auth.failed",
             Self::PolicyLoaded => "policy.loaded",
             Self::AlertReceived => "alert.received",
+            Self::AlertRaised => "alert.raised",
             Self::NotificationSent => "notification.sent",
             Self::NotificationFailed => "notification.failed",
         }

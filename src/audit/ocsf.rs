@@ -12,7 +12,7 @@
 //! | `review.opened` | 3004 Entity Management | 2 Read | Success |
 //! | `decision.*`, `request.cancelled/expired`, `grant.requested`, `policy.loaded` | 3004 Entity Management | 3 Update | Success |
 //! | `notification.sent` / `.failed` | 4009 Email Activity | 1 Send | Success / Failure |
-//! | `alert.received`, anything else | 0 Base Event | 99 Other | Unknown |
+//! | `alert.received`, `alert.raised`, anything else | 0 Base Event | 99 Other | Unknown |
 //!
 //! Why these: the window is a privilege given to and taken from one user on one resource (the
 //! Resource Guard): exactly User Access Management's Assign/Revoke Privileges. An access request
@@ -277,7 +277,7 @@ pub fn event(row: &AuditRow, details: &Value, raw_data: String) -> Value {
             99,
             "Other",
             0,
-            if row.action == "alert.received" {
+            if row.action == "alert.received" || row.action == "alert.raised" {
                 MEDIUM
             } else {
                 INFORMATIONAL

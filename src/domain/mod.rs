@@ -2,6 +2,7 @@
 //! and the request state machine. Time comes in as an argument; nothing here reads the clock,
 //! the database, the network or the environment.
 
+pub mod alerts;
 pub mod arm;
 pub mod operations;
 pub mod policy;

@@ -6,6 +6,7 @@ mod audit_page;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod hooks;
 mod pages;
 pub mod rate_limit;
 
@@ -63,6 +64,11 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .nest("/api/v1", api)
         .merge(pages::routes())
+        .route("/hooks/azure-monitor/{hook}", post(hooks::azure_monitor))
+        .route(
+            "/hooks/azure-monitor/{hook}/{secret}",
+            post(hooks::azure_monitor_with_secret),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))

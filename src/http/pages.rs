@@ -1636,35 +1636,9 @@ struct GuardsPage {
     guards: Vec<GuardView>,
 }
 
-/// How many distinct people can approve for `g`, when that can be known: every approver
-/// entry is a named user (or, with the dev sign-in, a group of known dev people).
+/// How many distinct people can approve for `g`, when that can be known.
 fn eligible_approvers(state: &AppState, g: &crate::domain::policy::GuardPolicy) -> Option<usize> {
-    use crate::domain::policy::Subject;
-    let dev = state.svc.config.auth.mode == AuthMode::Dev;
-    let mut people: Vec<String> = Vec::new();
-    for a in &g.approvers {
-        match a {
-            Subject::User(e) => people.push(e.clone()),
-            Subject::Group(_) | Subject::Oid(_) if dev => {
-                for u in &state.svc.config.auth.dev_users {
-                    let p = Principal {
-                        id: String::new(),
-                        email: u.email.clone(),
-                        name: u.name.clone(),
-                        azure_object_id: u.object_id.clone(),
-                        groups: u.groups.clone(),
-                    };
-                    if a.matches(&p) {
-                        people.push(p.email_normalized());
-                    }
-                }
-            }
-            _ => return None,
-        }
-    }
-    people.sort();
-    people.dedup();
-    Some(people.len())
+    state.svc.eligible_approvers(g)
 }
 
 /// `GET /guards` — read-only: each guard the caller may request against or approve for

@@ -1,6 +1,6 @@
 //! Rate limits per client address, in three classes: sign-in (`/auth/…`), review links
-//! (`/review…`) and the JSON API (`/api/…`). Over the limit: 429 with `Retry-After`, before
-//! any handler, session lookup or audit write runs.
+//! (`/review…`) and the JSON API (`/api/…`, with the alert intake `/hooks/…`). Over the limit:
+//! 429 with `Retry-After`, before any handler, session lookup or audit write runs.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -59,7 +59,7 @@ pub async fn limit(State(limits): State<Arc<RateLimits>>, req: Request, next: Ne
         &limits.sign_in
     } else if path.starts_with("/review") {
         &limits.review
-    } else if path.starts_with("/api/") {
+    } else if path.starts_with("/api/") || path.starts_with("/hooks/") {
         &limits.api
     } else {
         return next.run(req).await;

@@ -114,6 +114,9 @@ impl Worker {
             .store
             .delete_expired_sessions(&timefmt::fmt(self.svc.now()))
             .await?;
+        if let Err(e) = self.svc.schedule_daily().await {
+            tracing::error!(error = %e, "scheduling the daily tasks failed");
+        }
         match self.svc.reconcile(false).await {
             Ok(r) if r.removed + r.nudged + r.alerted > 0 => {
                 tracing::warn!(

@@ -3,12 +3,14 @@
 //! with every user-supplied value escaped (HTML) or kept out of headers.
 
 mod transport;
+pub mod webhook;
 
 use std::time::SystemTime;
 
 use askama::Template;
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use transport::{MailTransport, SendError};
@@ -62,6 +64,54 @@ fn subject_safe(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// A notice that stands on its own (an Azure Monitor alert, a suspicious-activity rule, the
+/// digest): everything the mail and the webhooks say, decided when the event happens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AlertNotice {
+    /// The watcher event name (`alert.received`, `alert.raised:<rule>`, `digest`).
+    pub event: String,
+    pub subject: String,
+    pub headline: String,
+    pub intro: String,
+    pub warning: Option<String>,
+    pub facts: Vec<(String, String)>,
+    /// Where to look: the Azure portal, or the request page.
+    pub link: Option<String>,
+    pub link_text: String,
+    /// The guard(s) it concerns, for the mail's header line.
+    pub guard: String,
+    pub request_id: Option<String>,
+}
+
+/// The mail model of a notice.
+pub fn alert_model(n: &AlertNotice) -> MailModel {
+    MailModel {
+        subject: subject_safe(&n.subject),
+        guard: n.guard.clone(),
+        headline: n.headline.clone(),
+        intro: n.intro.clone(),
+        warning: n.warning.clone(),
+        action_link: n.link.clone(),
+        action_text: if n.link_text.is_empty() {
+            "Open".into()
+        } else {
+            n.link_text.clone()
+        },
+        action_note: None,
+        facts: n.facts.clone(),
+        consequence: None,
+        scope_note: None,
+        footer: "Sent by twokey, which stands between one account and your backups.".into(),
+        details_link: None,
+    }
+}
+
+/// The facts of a request, as mails and webhooks show them.
+pub fn request_facts(req: &RequestRow) -> Vec<(String, String)> {
+    let op = operations::find(&req.operation);
+    facts(req, op.map(|o| o.title).unwrap_or(req.operation.as_str()))
+}
+
 fn facts(req: &RequestRow, title: &str) -> Vec<(String, String)> {
     let vault = crate::domain::arm::VaultId::parse(&req.vault_id).ok();
     let mut f = vec![
@@ -113,9 +163,15 @@ fn short_time(s: &str) -> String {
 pub fn model(
     svc: &Service,
     payload: &MailPayload,
-    req: &RequestRow,
+    req: Option<&RequestRow>,
     link: Option<&str>,
 ) -> Result<MailModel, JobFailure> {
+    if payload.kind == MailKind::Alert {
+        let n: AlertNotice = serde_json::from_value(payload.extra.clone())
+            .map_err(|e| JobFailure::Permanent(format!("bad notice: {e}")))?;
+        return Ok(alert_model(&n));
+    }
+    let req = req.ok_or_else(|| JobFailure::Permanent("mail without its request".into()))?;
     let op = operations::find(&req.operation);
     let title = op.map(|o| o.title).unwrap_or(req.operation.as_str());
     let vault_name = req
@@ -212,17 +268,15 @@ pub fn model(
             m.intro = match event {
                 "failed_grant_left_assignment" => "twokey gave up granting this request, but Azure had made the role assignment anyway. twokey has removed it; check the Resource Guard's access control (IAM).".into(),
                 "outlived_window" => "The Azure role assignment twokey made for this request is still in place more than a minute after its window ended. twokey keeps trying to remove it; check the Resource Guard's access control (IAM) now.".into(),
-                "repeated_token_rejections" => "Review links for this request were refused five times within ten minutes. Someone may be trying to use a link that is not theirs.".into(),
                 e if e.starts_with("token_rejected") => format!("A review link for this request was refused ({}).", e.trim_start_matches("token_rejected:")),
                 _ => format!("{} — request by {}.", event, req.requester_email),
             };
-            if event == "repeated_token_rejections" {
-                m.warning = Some("Possible misuse of review links.".into());
-            }
             if event == "outlived_window" {
                 m.warning = Some("Access outlived its approved window.".into());
             }
         }
+        // Returned above.
+        MailKind::Alert => {}
         MailKind::AlreadyDecided => {
             let by = payload
                 .extra
@@ -244,7 +298,7 @@ pub fn model(
 pub fn render(
     svc: &Service,
     payload: &MailPayload,
-    req: &RequestRow,
+    req: Option<&RequestRow>,
     link: Option<&str>,
 ) -> Result<Mail, JobFailure> {
     let m = model(svc, payload, req, link)?;

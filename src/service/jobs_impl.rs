@@ -30,6 +30,11 @@ pub enum JobKind {
     Revoke,
     /// Send one mail.
     Mail,
+    /// Deliver one event to one outbound webhook.
+    Webhook,
+    /// A once-a-day task (coverage check, digest), made unique per day by its dedupe key so that
+    /// it runs once across replicas.
+    Daily,
 }
 
 impl JobKind {
@@ -38,6 +43,8 @@ impl JobKind {
             Self::Grant => "grant",
             Self::Revoke => "revoke",
             Self::Mail => "mail",
+            Self::Webhook => "webhook",
+            Self::Daily => "daily",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -45,6 +52,8 @@ impl JobKind {
             "grant" => Some(Self::Grant),
             "revoke" => Some(Self::Revoke),
             "mail" => Some(Self::Mail),
+            "webhook" => Some(Self::Webhook),
+            "daily" => Some(Self::Daily),
             _ => None,
         }
     }
@@ -55,7 +64,8 @@ impl JobKind {
             // SECURITY: taking access away never gives up; with the 10-minute backoff cap this
             // keeps trying for about a week, and every failure stays visible in the job row.
             Self::Revoke => 1000,
-            Self::Mail => 10,
+            Self::Mail | Self::Webhook => 10,
+            Self::Daily => 5,
         }
     }
 }
@@ -71,11 +81,15 @@ pub enum MailKind {
     Watcher,
     /// To approvers who had not decided: someone else did.
     AlreadyDecided,
+    /// To a watcher: an alert or the digest, whose words are in `extra` (a `notify::AlertNotice`).
+    Alert,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MailPayload {
     pub kind: MailKind,
+    /// Empty for alerts that concern no request.
+    #[serde(default)]
     pub request_id: String,
     pub to: String,
     #[serde(default)]
@@ -141,11 +155,13 @@ impl Service {
             JobKind::Grant => self.run_grant(job, owner).await,
             JobKind::Revoke => self.run_revoke(job, owner).await,
             JobKind::Mail => self.run_mail(job, owner).await,
+            JobKind::Webhook => self.run_webhook(job, owner).await,
+            JobKind::Daily => self.run_daily(job, owner).await,
         }
     }
 
     /// Commit `tx` if the lease still holds; roll back otherwise.
-    async fn finish(
+    pub(crate) async fn finish(
         &self,
         mut tx: Tx,
         job: &JobRow,
@@ -498,12 +514,15 @@ impl Service {
         let now = self.now();
         let payload: MailPayload = serde_json::from_str(&job.payload)
             .map_err(|e| JobFailure::Permanent(format!("bad payload: {e}")))?;
+        let created = parse_time(&job.created_at)?;
+        if payload.kind == MailKind::Alert {
+            return self.run_alert_mail(job, owner, &payload, created).await;
+        }
         let req = self
             .store
             .get_request(&payload.request_id)
             .await?
             .ok_or_else(|| JobFailure::Permanent("request vanished".into()))?;
-        let created = parse_time(&job.created_at)?;
         let mut token_row = None;
         let link = if payload.kind == MailKind::ReviewRequest {
             let deadline = parse_time(&req.deadline)?;
@@ -541,7 +560,7 @@ impl Service {
         } else {
             None
         };
-        let mail = crate::notify::render(self, &payload, &req, link.as_deref())?;
+        let mail = crate::notify::render(self, &payload, Some(&req), link.as_deref())?;
         let message_id = format!("<{}@twokey>", job.job_id);
         let path =
             crate::notify::deliver(self, &job.job_id, &message_id, created, &payload.to, &mail)
@@ -579,6 +598,103 @@ impl Service {
                 "message_id": message_id,
                 "event": payload.extra.get("event"),
                 "review_token_jti": token_row.as_ref().map(|t| t.jti.clone()),
+            }),
+        )
+        .await?;
+        self.finish(tx, job, owner, now).await
+    }
+
+    /// Deliver one event to one webhook. The URL is checked again (https, or loopback http when
+    /// allowed) and never appears in an error, a log line or the audit log.
+    async fn run_webhook(&self, job: &JobRow, owner: &str) -> Result<bool, JobFailure> {
+        let p: super::alerts::WebhookPayload = serde_json::from_str(&job.payload)
+            .map_err(|e| JobFailure::Permanent(format!("bad payload: {e}")))?;
+        let hook = self
+            .config
+            .webhooks
+            .iter()
+            .find(|w| w.name == p.webhook)
+            .ok_or_else(|| {
+                JobFailure::Permanent(format!("webhook `{}` is no longer configured", p.webhook))
+            })?;
+        let url = crate::config::webhook_url_ok(
+            hook.url.expose(),
+            self.config.alerts.allow_http_loopback,
+        )
+        .map_err(|e| JobFailure::Permanent(format!("webhook `{}`: URL {e}", hook.name)))?;
+        let out =
+            crate::notify::webhook::build(hook, &p.event, &job.job_id, self.now().unix_timestamp());
+        let status = crate::notify::webhook::send(&self.http, &url, &out)
+            .await
+            .map_err(|e| {
+                if e.retry {
+                    JobFailure::Retry(e.message)
+                } else {
+                    JobFailure::Permanent(e.message)
+                }
+            })?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        audit::record(
+            &mut tx,
+            now,
+            Action::NotificationSent,
+            &Actor::system(),
+            job.request_id.as_deref(),
+            json!({
+                "kind": "webhook",
+                "webhook": hook.name,
+                "webhook_kind": hook.kind.as_str(),
+                "event": p.event.event,
+                "status": status,
+                "delivery": job.job_id,
+            }),
+        )
+        .await?;
+        self.finish(tx, job, owner, now).await
+    }
+
+    /// A mail that stands on its own (an alert, the digest): its words are in the payload.
+    async fn run_alert_mail(
+        &self,
+        job: &JobRow,
+        owner: &str,
+        payload: &MailPayload,
+        created: OffsetDateTime,
+    ) -> Result<bool, JobFailure> {
+        let mail = crate::notify::render(self, payload, None, None)?;
+        let message_id = format!("<{}@twokey>", job.job_id);
+        let path =
+            crate::notify::deliver(self, &job.job_id, &message_id, created, &payload.to, &mail)
+                .await
+                .map_err(JobFailure::Retry)?;
+        let now = self.now();
+        let rid = Some(payload.request_id.clone()).filter(|r| !r.is_empty());
+        let mut tx = self.store.begin().await?;
+        tx.insert_notification(&NotificationRow {
+            notification_id: job.job_id.clone(),
+            request_id: rid.clone(),
+            kind: "alert".into(),
+            recipient: payload.to.clone(),
+            subject: mail.subject.clone(),
+            message_id: message_id.clone(),
+            path: Some(path),
+            body: mail.text.clone(),
+            sent_at: timefmt::fmt(now),
+        })
+        .await?;
+        audit::record(
+            &mut tx,
+            now,
+            Action::NotificationSent,
+            &Actor::system(),
+            rid.as_deref(),
+            json!({
+                "kind": payload.kind,
+                "to": payload.to,
+                "subject": mail.subject,
+                "message_id": message_id,
+                "event": payload.extra.get("event"),
             }),
         )
         .await?;
@@ -648,6 +764,28 @@ impl Service {
                     }),
                 )
                 .await?;
+            }
+            Some(JobKind::Webhook) => {
+                let payload: Option<super::alerts::WebhookPayload> =
+                    serde_json::from_str(&job.payload).ok();
+                audit::record(
+                    &mut tx,
+                    now,
+                    Action::NotificationFailed,
+                    &Actor::system(),
+                    rid.as_deref(),
+                    json!({
+                        "kind": "webhook",
+                        "webhook": payload.as_ref().map(|p| p.webhook.clone()),
+                        "event": payload.as_ref().map(|p| p.event.event.clone()),
+                        "error": error,
+                        "attempts": job.attempts,
+                    }),
+                )
+                .await?;
+            }
+            Some(JobKind::Daily) => {
+                tracing::error!(job_id = %job.job_id, error = %error, "daily task gave up");
             }
             Some(JobKind::Revoke) => {
                 audit::record(

@@ -6,6 +6,7 @@ pub mod jobs_api {
     //! Job handler types, re-exported for the worker and the notifiers.
     pub use super::jobs_impl::{JobFailure, JobKind, step_guid};
 }
+mod alerts;
 mod jobs_impl;
 mod reconcile;
 mod view;
@@ -31,6 +32,7 @@ use crate::store::{
 };
 use crate::timefmt;
 
+pub use alerts::{Intake, WebhookPayload};
 pub use jobs_impl::{JobKind, MailKind, MailPayload};
 pub use reconcile::ReconcileReport;
 pub use view::{DecisionView, PersonView, RequestView, TimelineEntry};
@@ -101,6 +103,10 @@ pub struct Service {
     pub elevation: Arc<crate::azure::Elevations>,
     /// When the reconciler last compared grants with Azure (service clock).
     pub last_reconcile: Arc<std::sync::Mutex<Option<OffsetDateTime>>>,
+    /// Outbound webhook deliveries (no redirects, timeouts, https only unless allowed).
+    pub http: reqwest::Client,
+    /// Once-a-day job keys this process already queued (saves a write per sweep).
+    daily_queued: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -124,6 +130,10 @@ impl Service {
             config.mail.timeout,
         )?;
         let elevation = crate::azure::Elevations::new(config.azure.as_ref())?;
+        let http = crate::notify::webhook::client(
+            config.alerts.webhook_timeout,
+            !config.alerts.allow_http_loopback,
+        )?;
         Ok(Self {
             store,
             config,
@@ -133,6 +143,8 @@ impl Service {
             wake: Arc::new(Notify::new()),
             elevation: Arc::new(elevation),
             last_reconcile: Arc::new(std::sync::Mutex::new(None)),
+            http,
+            daily_queued: Arc::new(std::sync::Mutex::new(Vec::new())),
         })
     }
 
@@ -220,8 +232,9 @@ impl Service {
             .await
     }
 
-    /// Mail each watcher of the request's guard; `key` makes the mail unique (a repeat of the
-    /// same key is not queued twice).
+    /// The watcher event point for a request: mail each watcher of the request's guard, and
+    /// deliver to the guard's webhooks that subscribe to the event; `key` makes each unique (a
+    /// repeat of the same key is not queued twice).
     async fn queue_watchers_with(
         &self,
         tx: &mut Tx,
@@ -237,7 +250,8 @@ impl Service {
             self.queue_mail(tx, MailKind::Watcher, req, w, extra.clone(), dedupe)
                 .await?;
         }
-        Ok(())
+        // The same event goes to the guard's webhooks that subscribe to it.
+        self.queue_request_webhooks(tx, req, &extra, key).await
     }
 
     async fn queue_requester(
@@ -362,6 +376,8 @@ impl Service {
         }
         self.queue_requester(&mut tx, &row, "created").await?;
         self.queue_watchers(&mut tx, &row, "created").await?;
+        self.check_new_request(&mut tx, &row, valid.operation.reversible, &caller.actor())
+            .await?;
         tx.commit().await?;
         self.wake_worker();
         self.view(&row.request_id).await
@@ -463,6 +479,18 @@ impl Service {
                 tx.commit().await?;
                 self.wake_worker();
                 return Err(e.into());
+            }
+            Err(DomainError::SelfApproval) => {
+                // The refusal stands; the attempt itself is news for the watchers.
+                drop(tx);
+                self.self_approval_attempt(
+                    &caller.actor(),
+                    &caller.principal,
+                    &req,
+                    channel.as_str(),
+                )
+                .await?;
+                return Err(DomainError::SelfApproval.into());
             }
             Err(e) => return Err(e.into()),
         };
@@ -827,7 +855,8 @@ impl Service {
     }
 
     /// Record a refused review link: the audit event, a mail to the guard's watchers, and an
-    /// alert when one request collects five refusals within ten minutes.
+    /// alert when one request (or links naming none) collects `alerts.token_burst_count`
+    /// refusals within `alerts.token_burst_window`.
     pub async fn token_rejected(
         &self,
         actor: &Actor,
@@ -850,32 +879,19 @@ impl Service {
         )
         .await?;
         // Only a token that verified names a request (and so a guard and its watchers).
-        if let Some(c) = claims
-            && let Some(req) = tx.get_request(&c.rid).await?
-        {
+        let req = match claims {
+            Some(c) => tx.get_request(&c.rid).await?,
+            None => None,
+        };
+        if let Some(req) = &req {
             let event = format!("token_rejected:{reason}");
             let extra = json!({ "event": event, "by": actor.email });
-            self.queue_watchers_with(&mut tx, &req, extra, &format!("rejected:{seq}"))
+            self.queue_watchers_with(&mut tx, req, extra, &format!("rejected:{seq}"))
                 .await?;
-            tx.commit().await?;
-            let since = timefmt::fmt(now - Duration::minutes(10));
-            let recent = self
-                .store
-                .count_audit_since(Action::TokenRejected.as_str(), &req.request_id, &since)
-                .await?;
-            if recent >= 5 {
-                // One alert per request and ten-minute bucket.
-                let bucket = now.unix_timestamp() / 600;
-                let mut tx = self.store.begin().await?;
-                let extra = json!({ "event": "repeated_token_rejections" });
-                self.queue_watchers_with(&mut tx, &req, extra, &format!("alert:{bucket}"))
-                    .await?;
-                tx.commit().await?;
-            }
-            self.wake_worker();
-            return Ok(());
         }
+        self.check_token_burst(&mut tx, req.as_ref(), actor).await?;
         tx.commit().await?;
+        self.wake_worker();
         Ok(())
     }
 

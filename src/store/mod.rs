@@ -653,6 +653,24 @@ impl Store {
         .await?)
     }
 
+    // ---- alerts ----------------------------------------------------------------------------
+
+    /// Azure Monitor alerts taken in since `since`, oldest first (for the digest).
+    pub async fn alerts_since(
+        &self,
+        since: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<AlertReceivedRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "select alert_key, hook, alert_id, condition, kind, summary, vault_id, guards, received_at \
+             from alert_received where received_at >= $1 order by received_at, alert_key limit {}",
+            limit.clamp(1, 10_000)
+        )))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
     #[doc(hidden)]
     pub async fn execute_raw_for_tests(&self, sql: &str) -> StoreResult<u64> {
@@ -999,6 +1017,86 @@ impl Tx {
         .execute(&mut *self.inner)
         .await?;
         Ok(())
+    }
+
+    // ---- alerts ------------------------------------------------------------------------
+
+    /// Record an alert taken in. `false`: the same alert id and condition was already taken in.
+    pub async fn insert_alert_received(&mut self, a: &AlertReceivedRow) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "insert into alert_received (alert_key, hook, alert_id, condition, kind, summary, vault_id, \
+             guards, received_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (alert_key) do nothing",
+        )
+        .bind(&a.alert_key)
+        .bind(&a.hook)
+        .bind(&a.alert_id)
+        .bind(&a.condition)
+        .bind(&a.kind)
+        .bind(&a.summary)
+        .bind(&a.vault_id)
+        .bind(&a.guards)
+        .bind(&a.received_at)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// How many `action` events since `since` (inclusive) a request had (`None`: events tied
+    /// to no request). Inside the writers' lock, so a threshold is crossed exactly once.
+    pub async fn count_audit_since(
+        &mut self,
+        action: &str,
+        request_id: Option<&str>,
+        since: &str,
+    ) -> StoreResult<i64> {
+        let q = match request_id {
+            Some(r) => sqlx::query_scalar(
+                "select count(*) from audit_event where action = $1 and request_id = $2 and at >= $3",
+            )
+            .bind(action)
+            .bind(r.to_string())
+            .bind(since),
+            None => sqlx::query_scalar(
+                "select count(*) from audit_event where action = $1 and request_id is null and at >= $2",
+            )
+            .bind(action)
+            .bind(since),
+        };
+        Ok(q.fetch_one(&mut *self.inner).await?)
+    }
+
+    /// Whether a fired alert of `kind` about `vault_id` (lower case) arrived since `since`.
+    pub async fn alert_about_vault_since(
+        &mut self,
+        vault_id: &str,
+        kind: &str,
+        since: &str,
+    ) -> StoreResult<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from alert_received where vault_id = $1 and kind = $2 and received_at >= $3 \
+             and lower(condition) = 'fired'",
+        )
+        .bind(vault_id)
+        .bind(kind)
+        .bind(since)
+        .fetch_one(&mut *self.inner)
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// How many requests `requester_id` made since `since` (inclusive).
+    pub async fn count_requests_since(
+        &mut self,
+        requester_id: &str,
+        since: &str,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from request where requester_id = $1 and created_at >= $2",
+        )
+        .bind(requester_id)
+        .bind(since)
+        .fetch_one(&mut *self.inner)
+        .await?)
     }
 
     // ---- the audit chain ---------------------------------------------------------------

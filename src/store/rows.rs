@@ -226,3 +226,17 @@ pub struct RequestFilter {
     pub guards: Option<Vec<String>>,
     pub limit: i64,
 }
+
+/// An Azure Monitor alert taken in (one per alert id and monitor condition).
+#[derive(Debug, Clone, FromRow)]
+pub struct AlertReceivedRow {
+    pub alert_key: String,
+    pub hook: String,
+    pub alert_id: String,
+    pub condition: String,
+    pub kind: String,
+    pub summary: String,
+    pub vault_id: Option<String>,
+    pub guards: String,
+    pub received_at: String,
+}

@@ -1,5 +1,6 @@
 //! Black-box tests of the app over HTTP, each run on SQLite and on PostgreSQL.
 
+mod alerts;
 mod audit;
 mod audit_export;
 mod azure;

@@ -236,13 +236,14 @@ async fn refused_links_are_audited_and_watchers_are_alerted_after_five(b: Backen
     };
     let mails = app.svc.store.list_notifications(500).await.unwrap();
     assert_eq!(watcher_mails(&mails, "token_rejected"), 3);
-    assert_eq!(watcher_mails(&mails, "repeated_token_rejections"), 0);
+    assert_eq!(watcher_mails(&mails, "token_rejection_burst"), 0);
     // The fifth within ten minutes raises the alert, once.
     assert_eq!(carol.get(&bob_link).await.status(), StatusCode::FORBIDDEN);
     assert_eq!(carol.get(&bob_link).await.status(), StatusCode::FORBIDDEN);
     app.settle().await;
     let mails = app.svc.store.list_notifications(500).await.unwrap();
-    assert_eq!(watcher_mails(&mails, "repeated_token_rejections"), 1);
+    assert_eq!(watcher_mails(&mails, "token_rejection_burst"), 1);
+    assert_eq!(app.audit_count("alert.raised", Some(&id)).await, 1);
 
     // An expired link: past the request's deadline.
     app.clock.advance(time::Duration::hours(25));
