@@ -20,6 +20,8 @@ use crate::store::Store;
 
 pub struct App {
     listener: TcpListener,
+    /// `server.metrics_bind`: `/metrics` on a listener of its own.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     addr: SocketAddr,
     /// Held while serving on SQLite: one process per database file.
@@ -68,6 +70,8 @@ impl App {
 
     /// Build with a given clock (tests move time with a `ManualClock`).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // The metrics recorder first, so that everything from here on is counted.
+        crate::metrics::handle();
         let sqlite_lock = lock_sqlite(config.database.url.expose())?;
         let store = Store::connect(
             config.database.url.expose(),
@@ -102,8 +106,17 @@ impl App {
             .await
             .with_context(|| format!("binding {bind}"))?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match svc.config.server.metrics_bind {
+            Some(m) => Some(
+                TcpListener::bind(m)
+                    .await
+                    .with_context(|| format!("binding {m} (server.metrics_bind)"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             state: AppState {
                 svc,
                 worker_alive: Arc::new(AtomicBool::new(false)),
@@ -126,11 +139,20 @@ impl App {
         self.addr.port()
     }
 
+    /// The metrics listener's address, when `server.metrics_bind` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn service(&self) -> Service {
         self.state.svc.clone()
     }
 
-    /// Serve until `shutdown` resolves, then stop the worker and finish in-flight requests.
+    /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests and the
+    /// jobs being run finish within `server.shutdown_grace`, give back any lease still held
+    /// (another replica takes that work at once) and return.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -140,12 +162,12 @@ impl App {
             // (sign-in retries discovery and says when the issuer cannot be reached).
             tokio::spawn(async move { oidc.warm_up().await });
         }
+        crate::metrics::spawn_upkeep();
+        let grace = self.state.svc.config.server.shutdown_grace;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let worker = if self.state.svc.config.jobs.enabled {
-            let w = Worker::new(
-                self.state.svc.clone(),
-                format!("{}-{}", hostname(), uuid::Uuid::new_v4()),
-            );
+        let owner = format!("{}-{}", hostname(), uuid::Uuid::new_v4());
+        let mut worker = if self.state.svc.config.jobs.enabled {
+            let w = Worker::new(self.state.svc.clone(), owner.clone());
             let alive = self.state.worker_alive.clone();
             let rx = stop_rx.clone();
             Some(tokio::spawn(async move {
@@ -156,21 +178,68 @@ impl App {
         } else {
             None
         };
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
         let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let mut stop_rx2 = stop_rx.clone();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
-            let _ = stop_rx2.wait_for(|v| *v).await;
+        let mut server = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        let metrics_server = self.metrics_listener.map(|l| {
+            tokio::spawn(
+                axum::serve(l, crate::http::metrics_router(self.state.clone()))
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            )
         });
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        server.await.context("serving")?;
-        if let Some(w) = worker {
-            let _ = w.await;
+
+        // Serve until told to stop (or until the server fails).
+        let mut served: Option<std::io::Result<()>> = None;
+        tokio::select! {
+            r = &mut server => served = Some(r.context("server task")?),
+            _ = stopped(stop_rx.clone()) => {}
         }
-        self.state.svc.store.close().await;
-        Ok(())
+        let svc = self.state.svc.clone();
+        let drain = async {
+            let r = match served.take() {
+                Some(r) => r,
+                None => (&mut server).await.context("server task")?,
+            };
+            if let Some(w) = worker.as_mut() {
+                let _ = w.await;
+            }
+            anyhow::Ok(r)
+        };
+        let result = match tokio::time::timeout(grace, drain).await {
+            Ok(r) => r?.context("serving"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "shutdown grace period over: leaving what still runs"
+                );
+                server.abort();
+                if let Some(w) = &worker {
+                    w.abort();
+                }
+                Ok(())
+            }
+        };
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
+        match svc.store.release_leases(&owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "job leases given back"),
+            Err(e) => tracing::warn!(error = %e, "could not give back job leases; they expire"),
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), svc.store.close()).await;
+        result
     }
 }
 

@@ -127,6 +127,10 @@ pub struct RawServer {
     pub public_url: Option<String>,
     pub sign_in_rate_limit: Option<u32>,
     pub api_rate_limit: Option<u32>,
+    /// Serve `/metrics` on this address only (not on `bind`).
+    pub metrics_bind: Option<String>,
+    /// How long a stop (SIGTERM, Ctrl-C) waits for in-flight requests and the current jobs.
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -455,6 +459,10 @@ pub struct ServerConfig {
     pub sign_in_rate_limit: u32,
     /// API requests per minute per client address.
     pub api_rate_limit: u32,
+    /// Where `/metrics` is served: `None` on `bind`, else only on this address.
+    pub metrics_bind: Option<SocketAddr>,
+    /// How long a stop waits for in-flight requests and jobs before leaving them.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -698,6 +706,26 @@ impl RawConfig {
                 p.push(key, "must be between 1 and 1000000 requests per minute");
             }
         }
+        let metrics_bind = self.server.metrics_bind.as_deref().and_then(|m| {
+            p.check(
+                "server.metrics_bind",
+                m.parse::<SocketAddr>()
+                    .map_err(|e| format!("`{m}` is not an address like 127.0.0.1:9090 ({e})")),
+            )
+        });
+        if metrics_bind.is_some_and(|m| m == bind && m.port() != 0) {
+            p.push("server.metrics_bind", "must differ from server.bind");
+        }
+        let shutdown_grace = p
+            .duration(
+                "server.shutdown_grace",
+                self.server.shutdown_grace.as_deref(),
+                "30s",
+            )
+            .unwrap_or(Duration::from_secs(30));
+        if shutdown_grace > Duration::from_secs(3600) {
+            p.push("server.shutdown_grace", "must be at most 1h");
+        }
         let db_url = p.secret("database.url", self.database.url, self.database.url_file);
         let db_url = match db_url {
             Some(u) if u.expose().starts_with("sqlite:") || u.expose().starts_with("postgres") => {
@@ -936,6 +964,8 @@ impl RawConfig {
                 public_url,
                 sign_in_rate_limit,
                 api_rate_limit,
+                metrics_bind,
+                shutdown_grace,
             },
             database: DatabaseConfig {
                 url: db_url.expect("checked above"),

@@ -24,6 +24,8 @@ pub mod domain;
 pub mod http;
 /// The job worker (outbox).
 pub mod jobs;
+/// Prometheus metrics.
+pub mod metrics;
 /// What mails say and how they leave.
 pub mod notify;
 /// The redacting secret type and constant-time compares.

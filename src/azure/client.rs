@@ -277,11 +277,13 @@ impl ArmClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| (ArmError::Transport(describe(&e)), None))?;
+        let started = std::time::Instant::now();
+        let resp = req.send().await.map_err(|e| {
+            crate::metrics::arm_call(method.as_str(), None, started.elapsed());
+            (ArmError::Transport(describe(&e)), None)
+        })?;
         let status = resp.status();
+        crate::metrics::arm_call(method.as_str(), Some(status.as_u16()), started.elapsed());
         let header = |name: &str| {
             resp.headers()
                 .get(name)

@@ -70,7 +70,15 @@ pub fn router(state: AppState) -> Router {
             post(hooks::azure_monitor_with_secret),
         )
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    // `/metrics` here unless it has a listener of its own (`server.metrics_bind`).
+    let app = if state.svc.config.server.metrics_bind.is_none() {
+        app.route("/metrics", get(health::metrics))
+    } else {
+        app
+    };
+    let app = app
+        .layer(middleware::from_fn(health::count_responses))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .layer(middleware::from_fn(reject_cross_site_writes))
         .layer(middleware::from_fn(read_small_bodies_first))
@@ -96,6 +104,17 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The router of the separate metrics listener (`server.metrics_bind`): `/metrics` and the
+/// health checks, nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    let https = state.svc.config.server.public_url.scheme() == "https";
+    let r = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    with_security_headers(r, https).with_state(state)
 }
 
 async fn openapi() -> impl IntoResponse {

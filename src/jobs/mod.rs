@@ -20,6 +20,8 @@ use crate::timefmt;
 pub struct Worker {
     svc: Service,
     owner: String,
+    /// Set while [`Worker::run`] runs: once it turns true, no new job is claimed.
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl Worker {
@@ -27,6 +29,7 @@ impl Worker {
         Self {
             svc,
             owner: owner.into(),
+            stop: None,
         }
     }
 
@@ -45,10 +48,17 @@ impl Worker {
         let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempts);
         let _g = span.enter();
         match self.svc.run_job(&job, &self.owner).await {
-            Ok(true) => tracing::debug!("job done"),
-            Ok(false) => tracing::warn!("job lease lost; another worker owns it"),
+            Ok(true) => {
+                crate::metrics::job_attempt(&job.kind, "done");
+                tracing::debug!("job done")
+            }
+            Ok(false) => {
+                crate::metrics::job_attempt(&job.kind, "lease_lost");
+                tracing::warn!("job lease lost; another worker owns it")
+            }
             Err(JobFailure::Retry(e)) if job.attempts < job.max_attempts => {
                 let run_at = self.svc.now() + backoff(job.attempts);
+                crate::metrics::job_attempt(&job.kind, "retry");
                 tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job failed; will retry");
                 self.svc
                     .store
@@ -64,6 +74,7 @@ impl Worker {
             }
             Err(JobFailure::RetryAt(at, e)) if job.attempts < job.max_attempts => {
                 let run_at = at.max(self.svc.now() + Duration::seconds(1));
+                crate::metrics::job_attempt(&job.kind, "deferred");
                 tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job deferred");
                 self.svc
                     .store
@@ -80,6 +91,7 @@ impl Worker {
             Err(JobFailure::Retry(e))
             | Err(JobFailure::RetryAt(_, e))
             | Err(JobFailure::Permanent(e)) => {
+                crate::metrics::job_attempt(&job.kind, "failed");
                 tracing::error!(error = %e, "job failed for good");
                 self.svc.fail_job_for_good(&job, &self.owner, &e).await?;
             }
@@ -94,7 +106,7 @@ impl Worker {
         let runs = (0..lanes).map(|_| async {
             let mut n = 0;
             // Bounded so that a job that keeps re-queuing itself cannot spin forever.
-            while n < 100_000 && self.run_once().await? {
+            while n < 100_000 && !self.stopping() && self.run_once().await? {
                 n += 1;
             }
             ServiceResult::Ok(n)
@@ -104,6 +116,16 @@ impl Worker {
             total += r?;
         }
         Ok(total)
+    }
+
+    /// Whether a stop was asked for (the current jobs finish; no new one starts).
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// This worker's identity, as written in `lease_owner`.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Periodic work: expire pending requests past their deadline, drop dead sessions, and
@@ -135,7 +157,8 @@ impl Worker {
 
     /// Work until `shutdown` turns true: drain, sweep when due, then wait for a wake-up, the
     /// next due job, or the poll interval, whichever comes first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.stop = Some(shutdown.clone());
         let poll = self.svc.config.jobs.poll_interval;
         let sweep_every = self.svc.config.jobs.sweep_interval;
         let mut last_sweep: Option<tokio::time::Instant> = None;

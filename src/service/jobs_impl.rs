@@ -317,7 +317,16 @@ impl Service {
         .await?;
         self.queue_requester(&mut tx, &req, "active").await?;
         self.queue_watchers(&mut tx, &req, "active").await?;
-        self.finish(tx, job, owner, now).await
+        let done = self.finish(tx, job, owner, now).await?;
+        if done
+            && let Some(approved) = req
+                .decided_at
+                .as_deref()
+                .and_then(|t| timefmt::parse(t).ok())
+        {
+            crate::metrics::grant_active((now - approved).unsigned_abs());
+        }
+        Ok(done)
     }
 
     /// The assignment behind a request's grant row, for removal or a look in Azure.

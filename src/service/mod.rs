@@ -607,6 +607,16 @@ impl Service {
             }
         }
         tx.commit().await?;
+        let settled = match outcome.new_state {
+            Some(RequestState::Approved) => Some("approved"),
+            Some(RequestState::Denied) => Some("denied"),
+            _ => None,
+        };
+        if let Some(decision) = settled
+            && let Ok(created) = timefmt::parse(&req.created_at)
+        {
+            crate::metrics::decided(decision, (now - created).unsigned_abs());
+        }
         self.wake_worker();
         self.view(id).await
     }

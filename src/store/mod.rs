@@ -60,6 +60,9 @@ static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 pub struct Tx {
     inner: sqlx::Transaction<'static, Any>,
     backend: Backend,
+    /// Actions of the audit events written in this transaction, counted in the metrics once
+    /// it commits.
+    audited: Vec<String>,
 }
 
 impl Store {
@@ -169,7 +172,26 @@ impl Store {
         Ok(Tx {
             inner,
             backend: self.backend,
+            audited: Vec::new(),
         })
+    }
+
+    /// For `/metrics`: requests by state, and unfinished or failed jobs by kind and state.
+    #[allow(clippy::type_complexity)]
+    pub async fn metric_counts(
+        &self,
+    ) -> StoreResult<(Vec<(String, i64)>, Vec<(String, String, i64)>)> {
+        let requests =
+            sqlx::query_as("select state, count(*) from request group by state order by state")
+                .fetch_all(&self.pool)
+                .await?;
+        let jobs = sqlx::query_as(
+            "select kind, state, count(*) from job where state <> 'done' \
+             group by kind, state order by kind, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((requests, jobs))
     }
 
     // ---- reads outside a transaction ---------------------------------------------------
@@ -484,6 +506,19 @@ impl Store {
             .await?)
     }
 
+    /// Give back every lease `owner` still holds on a queued job (at shutdown, so another
+    /// replica takes the work at once instead of after the lease). Returns how many.
+    pub async fn release_leases(&self, owner: &str) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "update job set lease_owner = null, lease_until = null \
+             where state = 'queued' and lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// When the next queued job is due (to sleep until then).
     pub async fn next_job_due(&self) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
@@ -673,6 +708,15 @@ impl Store {
 
     /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
     #[doc(hidden)]
+    /// Two text columns of every row of `sql` (tests and benches only).
+    #[doc(hidden)]
+    pub async fn query_pairs_for_tests(&self, sql: &str) -> Vec<(String, String)> {
+        sqlx::query_as(AssertSqlSafe(sql.to_string()))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn execute_raw_for_tests(&self, sql: &str) -> StoreResult<u64> {
         Ok(sqlx::query(AssertSqlSafe(sql.to_string()))
             .execute(&self.pool)
@@ -688,6 +732,7 @@ impl Tx {
 
     pub async fn commit(self) -> StoreResult<()> {
         self.inner.commit().await?;
+        crate::metrics::audit_committed(&self.audited);
         Ok(())
     }
 
@@ -1112,6 +1157,7 @@ impl Tx {
 
     /// Append one event and move the head to it.
     pub async fn append_audit(&mut self, e: &AuditRow) -> StoreResult<()> {
+        self.audited.push(e.action.clone());
         sqlx::query(
             "insert into audit_event (seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
              actor_user_agent, request_id, details, prev_hash, hash) \

@@ -17,22 +17,33 @@ use twokey::timefmt;
 
 both_backends!(a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_restart);
 
-struct Broker {
-    child: tokio::process::Child,
-    base: String,
-    log: std::path::PathBuf,
+pub(crate) struct Broker {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) base: String,
+    pub(crate) log: std::path::PathBuf,
 }
 
 /// A private copy of the `twokey` binary, so that every start in a test runs the same build
 /// (a shared target directory may be rebuilt by another checkout meanwhile).
-fn binary_copy(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn binary_copy(dir: &Path) -> std::path::PathBuf {
     let to = dir.join("twokey-under-test");
     std::fs::copy(env!("CARGO_BIN_EXE_twokey"), &to).expect("copy the twokey binary");
     to
 }
 
 impl Broker {
-    async fn start(bin: &Path, config: &Path, port: u16, log: &Path) -> Self {
+    pub(crate) async fn start(bin: &Path, config: &Path, port: u16, log: &Path) -> Self {
+        Self::start_with(bin, config, port, log, &[]).await
+    }
+
+    /// [`Broker::start`] with extra environment variables for the process.
+    pub(crate) async fn start_with(
+        bin: &Path,
+        config: &Path,
+        port: u16,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -43,6 +54,7 @@ impl Broker {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .kill_on_drop(true)
@@ -70,16 +82,16 @@ impl Broker {
     }
 
     /// SIGKILL: no shutdown code runs.
-    async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         self.child.kill().await.unwrap();
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -87,7 +99,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_for<T>(what: &str, broker_log: &Path, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(
+    what: &str,
+    broker_log: &Path,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let started = Instant::now();
     loop {
         if let Some(v) = f().await {
@@ -102,13 +118,13 @@ async fn wait_for<T>(what: &str, broker_log: &Path, mut f: impl AsyncFnMut() -> 
     }
 }
 
-async fn state_of(store: &Store, id: &str) -> String {
+pub(crate) async fn state_of(store: &Store, id: &str) -> String {
     store.get_request(id).await.unwrap().unwrap().state
 }
 
 /// Move the end of `id`'s window (and its revoke) to `until`, as if it had been approved
 /// for that long: windows are at least 5 minutes, and this test runs on the real clock.
-async fn set_window_end(store: &Store, id: &str, until: OffsetDateTime) {
+pub(crate) async fn set_window_end(store: &Store, id: &str, until: OffsetDateTime) {
     let t = timefmt::fmt(until);
     for sql in [
         format!("update request set active_until = '{t}' where request_id = '{id}'"),
@@ -126,7 +142,7 @@ fn removes_for(fake: &FakeArm) -> Vec<Call> {
         .collect()
 }
 
-async fn create_approved(base: &str) -> String {
+pub(crate) async fn create_approved(base: &str) -> String {
     let alice = TestApp::client_at(base, "alice@demo.twokey").await;
     let bob = TestApp::client_at(base, "bob@demo.twokey").await;
     let id = alice.create(&single_vault(), REVERSIBLE_OP).await["id"]

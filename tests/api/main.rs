@@ -14,5 +14,6 @@ mod lifecycle;
 mod mail;
 mod oidc;
 mod pages;
+mod production;
 mod review;
 mod separation;
