@@ -332,10 +332,7 @@ pub fn scope_label(scope: &str, resource_id: &str) -> String {
     }
     let lower = s.to_ascii_lowercase();
     if let Some(mg) = lower.strip_prefix("/providers/microsoft.management/managementgroups/") {
-        return format!(
-            "management group {} (inherited)",
-            &s[s.len() - mg.len()..]
-        );
+        return format!("management group {} (inherited)", &s[s.len() - mg.len()..]);
     }
     let parts: Vec<&str> = s.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
@@ -602,8 +599,12 @@ fn guard_assignment(
     if writes || assigns {
         let what = match (writes, assigns) {
             (true, true) => "change or delete the Resource Guard and give anyone any role on it",
-            (true, false) => "change or delete the Resource Guard (e.g. exclude operations from MUA)",
-            _ => "give anyone, themselves included, any role on the guard, including the elevation role",
+            (true, false) => {
+                "change or delete the Resource Guard (e.g. exclude operations from MUA)"
+            }
+            _ => {
+                "give anyone, themselves included, any role on the guard, including the elevation role"
+            }
         };
         let (severity, title) = if requester {
             (
@@ -733,23 +734,26 @@ fn vault(
     let vid = v.id.to_string();
     let vname = v.id.name().to_string();
     let source = format!("vault:{}", vid.to_ascii_lowercase());
-    let base = |id: String, severity, category: &str, title: String, detail: String, fix: String| {
-        Finding {
-            id,
-            severity,
-            category: category.into(),
-            vault: Some(vid.clone()),
-            principal: None,
-            title,
-            detail,
-            fix,
-            source: source.clone(),
-            stale: false,
-        }
-    };
+    let base =
+        |id: String, severity, category: &str, title: String, detail: String, fix: String| {
+            Finding {
+                id,
+                severity,
+                category: category.into(),
+                vault: Some(vid.clone()),
+                principal: None,
+                title,
+                detail,
+                fix,
+                source: source.clone(),
+                stale: false,
+            }
+        };
     // The link.
     let link = match &v.proxies {
-        Ok(list) if list.iter().any(|g| g.eq_ignore_ascii_case(&ev.guard_id)) => "linked".to_string(),
+        Ok(list) if list.iter().any(|g| g.eq_ignore_ascii_case(&ev.guard_id)) => {
+            "linked".to_string()
+        }
         Ok(list) if list.is_empty() => {
             ev.push(base(
                 format!("unlinked:{}", vid.to_ascii_lowercase()),
@@ -885,8 +889,16 @@ fn vault(
     match &v.assignments {
         Ok(list) => {
             let targets = [
-                format!("{}/{}/write", v.id.kind().provider(), v.id.kind().resource_type()),
-                format!("{}/{}/delete", v.id.kind().provider(), v.id.kind().resource_type()),
+                format!(
+                    "{}/{}/write",
+                    v.id.kind().provider(),
+                    v.id.kind().resource_type()
+                ),
+                format!(
+                    "{}/{}/delete",
+                    v.id.kind().provider(),
+                    v.id.kind().resource_type()
+                ),
                 ASSIGN_ROLES.to_string(),
             ];
             for a in list {
@@ -898,7 +910,10 @@ fn vault(
                 let (name, can) = match ev.definition(&guid) {
                     Ok(d) => (d.name.clone(), targets.iter().any(|t| allows(&d, t))),
                     Err(_) => match builtin_name(&guid) {
-                        Some(n) => (n.to_string(), guid != super::policy::BACKUP_MUA_OPERATOR_ROLE),
+                        Some(n) => (
+                            n.to_string(),
+                            guid != super::policy::BACKUP_MUA_OPERATOR_ROLE,
+                        ),
                         None => (format!("role {guid}"), true),
                     },
                 };
@@ -965,9 +980,10 @@ impl Ev<'_> {
 pub fn carry_over(report: &mut GuardReport, previous: Option<&GuardReport>) {
     let Some(prev) = previous else { return };
     for f in &prev.findings {
-        let failed = report.failed_sources.iter().any(|s| {
-            f.source == *s || f.source.starts_with(&format!("{s}:"))
-        });
+        let failed = report
+            .failed_sources
+            .iter()
+            .any(|s| f.source == *s || f.source.starts_with(&format!("{s}:")));
         if failed && f.category != "unreadable" && !report.findings.iter().any(|n| n.id == f.id) {
             let mut f = f.clone();
             f.stale = true;
@@ -1054,7 +1070,10 @@ mod tests {
             Ok(def(
                 "Contributor",
                 &["*"],
-                &["Microsoft.Authorization/*/Delete", "Microsoft.Authorization/*/Write"],
+                &[
+                    "Microsoft.Authorization/*/Delete",
+                    "Microsoft.Authorization/*/Write",
+                ],
             )),
         );
         m.insert(
@@ -1073,7 +1092,10 @@ mod tests {
             crate::domain::policy::BACKUP_MUA_OPERATOR_ROLE.into(),
             Ok(def(
                 "Backup MUA Operator",
-                &["Microsoft.DataProtection/*/action", "Microsoft.DataProtection/*/read"],
+                &[
+                    "Microsoft.DataProtection/*/action",
+                    "Microsoft.DataProtection/*/read",
+                ],
                 &[],
             )),
         );
@@ -1118,7 +1140,10 @@ mod tests {
 
     #[test]
     fn action_patterns_match_like_azure_rbac() {
-        assert!(action_matches("*", "Microsoft.DataProtection/resourceGuards/write"));
+        assert!(action_matches(
+            "*",
+            "Microsoft.DataProtection/resourceGuards/write"
+        ));
         assert!(action_matches(
             "Microsoft.DataProtection/resourceGuards/*",
             "microsoft.dataprotection/resourceguards/write"
@@ -1127,7 +1152,10 @@ mod tests {
             "Microsoft.Authorization/*/Write",
             "Microsoft.Authorization/roleAssignments/write"
         ));
-        assert!(!action_matches("*/read", "Microsoft.DataProtection/resourceGuards/write"));
+        assert!(!action_matches(
+            "*/read",
+            "Microsoft.DataProtection/resourceGuards/write"
+        ));
         assert!(!action_matches(
             "Microsoft.DataProtection/backupVaults/*",
             "Microsoft.DataProtection/resourceGuards/write"
@@ -1148,7 +1176,10 @@ mod tests {
     #[test]
     fn a_requester_with_contributor_on_the_guard_is_critical_others_high() {
         let g = guard_id().to_string();
-        let f = facts(vec![ra(&g, CONTRIBUTOR, "req-1"), ra(&g, CONTRIBUTOR, "other-2")]);
+        let f = facts(vec![
+            ra(&g, CONTRIBUTOR, "req-1"),
+            ra(&g, CONTRIBUTOR, "other-2"),
+        ]);
         let ctx = Context {
             requester_ids: ["req-1".to_string()].into(),
             ..Context::default()
@@ -1181,7 +1212,11 @@ mod tests {
     fn standing_elevation_is_critical_unless_time_bound_or_a_twokey_window() {
         let g = guard_id().to_string();
         let op = crate::domain::policy::BACKUP_MUA_OPERATOR_ROLE;
-        let mut f = facts(vec![ra(&g, op, "standing"), ra(&g, op, "pim"), ra(&g, op, "window")]);
+        let mut f = facts(vec![
+            ra(&g, op, "standing"),
+            ra(&g, op, "pim"),
+            ra(&g, op, "window"),
+        ]);
         f.assignment_schedules = Ok(vec![Schedule {
             scope: g.clone(),
             role_definition_id: op.into(),
@@ -1195,7 +1230,13 @@ mod tests {
         };
         let r = run(&f, &ctx);
         let ids: Vec<&str> = r.findings.iter().map(|f| f.id.as_str()).collect();
-        assert_eq!(ids, vec![format!("standing-elevation:standing:{}", g.to_ascii_lowercase())]);
+        assert_eq!(
+            ids,
+            vec![format!(
+                "standing-elevation:standing:{}",
+                g.to_ascii_lowercase()
+            )]
+        );
         assert_eq!(r.findings[0].severity, Severity::Critical);
     }
 
@@ -1217,7 +1258,11 @@ mod tests {
         ]);
         let r = run(&f, &Context::default());
         assert_eq!(r.findings.len(), 1);
-        assert!(r.findings[0].title.contains("security PIN"), "{}", r.findings[0].title);
+        assert!(
+            r.findings[0].title.contains("security PIN"),
+            "{}",
+            r.findings[0].title
+        );
         assert_eq!(r.findings[0].severity, Severity::High);
     }
 
@@ -1280,7 +1325,11 @@ mod tests {
         let c = diff(&ok.findings, &now.findings);
         assert!(c.removed.is_empty(), "{c:?}");
         assert_eq!(c.added.len(), 1, "only the unreadable finding is new");
-        assert!(now.findings.iter().any(|f| f.stale && f.category == "guard_access"));
+        assert!(
+            now.findings
+                .iter()
+                .any(|f| f.stale && f.category == "guard_access")
+        );
     }
 
     #[test]
@@ -1304,7 +1353,9 @@ mod tests {
     fn scopes_are_named_in_words() {
         let g = guard_id().to_string();
         assert_eq!(scope_label(&g, &g), "the resource itself");
-        assert!(scope_label(&format!("/subscriptions/{OTHER_SUB}"), &g).starts_with("subscription"));
+        assert!(
+            scope_label(&format!("/subscriptions/{OTHER_SUB}"), &g).starts_with("subscription")
+        );
         assert!(
             scope_label("/providers/Microsoft.Management/managementGroups/corp", &g)
                 .contains("management group corp")
