@@ -35,7 +35,7 @@ use crate::timefmt;
 
 pub use alerts::{Intake, WebhookPayload};
 pub use jobs_impl::{JobKind, MailKind, MailPayload};
-pub use posture::PostureRun;
+pub use posture::{PostureRun, render_text as render_posture_text};
 pub use reconcile::ReconcileReport;
 pub use view::{DecisionView, PersonView, RequestView, TimelineEntry};
 

@@ -415,3 +415,68 @@ impl Service {
         }))
     }
 }
+
+/// The report as text for a terminal (`twokey posture`); `--json` prints the same model.
+pub fn render_text(r: &PostureReport) -> String {
+    let mut out = format!(
+        "twokey posture report, {}\nnames: {}\n",
+        r.generated_at,
+        match &r.names_note {
+            None => "resolved through Microsoft Graph".to_string(),
+            Some(n) => format!("object ids only. {n}"),
+        }
+    );
+    for g in &r.guards {
+        out.push_str(&format!(
+            "\nGUARD {} ({})\n  {}\n",
+            g.guard, g.elevation, g.resource_guard_id
+        ));
+        if !g.vaults.is_empty() {
+            let w = g.vaults.iter().map(|v| v.name.len()).max().unwrap_or(5).max(5);
+            out.push_str(&format!(
+                "  {:w$}  {:23}  {:23}  {:11}  {:16}  {}\n",
+                "VAULT", "KIND", "MUA LINK", "SOFT DELETE", "IMMUTABILITY", "GUARD IS IN"
+            ));
+            for v in &g.vaults {
+                out.push_str(&format!(
+                    "  {:w$}  {:23}  {:23}  {:11}  {:16}  {}\n",
+                    v.name, v.kind, v.link, v.soft_delete, v.immutability, v.guard_placement
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "  operations the guard does not protect: {}\n",
+            if g.excluded_operations.is_empty() {
+                "none".to_string()
+            } else {
+                g.excluded_operations.join("; ")
+            }
+        ));
+        for n in &g.notes {
+            out.push_str(&format!("  note: {n}\n"));
+        }
+        if g.findings.is_empty() {
+            out.push_str("  no findings\n");
+        }
+        for f in &g.findings {
+            out.push_str(&format!(
+                "  {:8}  {}{}\n            {}\n            fix: {}\n",
+                f.severity.as_str().to_uppercase(),
+                f.title,
+                if f.stale {
+                    " [stale: from the last successful read]"
+                } else {
+                    ""
+                },
+                f.detail,
+                f.fix
+            ));
+        }
+    }
+    let red = r.red_count();
+    out.push_str(&format!(
+        "\n{} finding(s), {red} red (critical or high)\n",
+        r.guards.iter().map(|g| g.findings.len()).sum::<usize>()
+    ));
+    out
+}
