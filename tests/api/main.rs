@@ -14,5 +14,6 @@ mod lifecycle;
 mod mail;
 mod oidc;
 mod pages;
+mod posture;
 mod review;
 mod separation;
