@@ -4,15 +4,17 @@
 //! Azure while a page is being served.
 
 use askama::Template;
+use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 
 use super::AppState;
 use super::extract::MaybeSession;
-use super::pages::{Me, chrome_for, csrf_failed, csrf_ok, login_redirect_to, message_page, render_page};
+use super::pages::{
+    Me, chrome_for, csrf_failed, csrf_ok, login_redirect_to, message_page, render_page,
+};
 use crate::domain::posture::PostureReport;
 
 #[derive(Template)]

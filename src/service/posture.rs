@@ -432,7 +432,13 @@ pub fn render_text(r: &PostureReport) -> String {
             g.guard, g.elevation, g.resource_guard_id
         ));
         if !g.vaults.is_empty() {
-            let w = g.vaults.iter().map(|v| v.name.len()).max().unwrap_or(5).max(5);
+            let w = g
+                .vaults
+                .iter()
+                .map(|v| v.name.len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
             out.push_str(&format!(
                 "  {:w$}  {:23}  {:23}  {:11}  {:16}  {}\n",
                 "VAULT", "KIND", "MUA LINK", "SOFT DELETE", "IMMUTABILITY", "GUARD IS IN"

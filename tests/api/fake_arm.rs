@@ -162,7 +162,12 @@ fn builtin_definitions() -> HashMap<String, Value> {
                 "Microsoft.Authorization/elevateAccess/Action",
             ],
         ),
-        def("acdd72a7-3385-48ef-bd42-f606fba81ae7", "Reader", &["*/read"], &[]),
+        def(
+            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            "Reader",
+            &["*/read"],
+            &[],
+        ),
         def(
             "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
             "User Access Administrator",
@@ -217,7 +222,7 @@ fn at_or_above(at: &str, scope: &str, mgs: &HashMap<String, Vec<String>>) -> boo
         .split('/')
         .next()
         .unwrap_or("");
-    mgs.get(sub).is_some_and(|l| l.iter().any(|m| *m == at))
+    mgs.get(sub).is_some_and(|l| l.contains(&at))
 }
 
 /// The fake, running until dropped.
@@ -283,11 +288,19 @@ fn load_spec() -> Vec<SpecOp> {
             body_required: o["body_required"].as_bool().unwrap_or(false),
             query: o["query"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|q| q.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|q| q.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
             filters: o["filters"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|q| q.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|q| q.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
         .collect()
@@ -563,7 +576,9 @@ impl FakeArm {
                 scope.trim_start_matches("/subscriptions/").split('/').next().filter(|s| uuid::Uuid::parse_str(s).is_ok()).unwrap_or("11111111-2222-3333-4444-555555555555")),
             "createdOn": fmt_time(OffsetDateTime::now_utc()),
         }});
-        self.st().role_assignments.insert(id.to_ascii_lowercase(), a);
+        self.st()
+            .role_assignments
+            .insert(id.to_ascii_lowercase(), a);
     }
     /// Remove every assignment of `principal`.
     pub fn remove_role_assignments_of(&self, principal: &str) {
@@ -589,7 +604,14 @@ impl FakeArm {
         );
     }
     /// A PIM schedule: an assignment (`eligible = false`) or an eligibility.
-    pub fn seed_schedule(&self, eligible: bool, scope: &str, principal: &str, role_guid: &str, end: Option<&str>) {
+    pub fn seed_schedule(
+        &self,
+        eligible: bool,
+        scope: &str,
+        principal: &str,
+        role_guid: &str,
+        end: Option<&str>,
+    ) {
         let v = json!({"id": format!("{scope}/providers/Microsoft.Authorization/x/{}", uuid::Uuid::new_v4()), "properties": {
             "scope": scope, "principalId": principal, "principalType": "User",
             "roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"),
@@ -606,7 +628,9 @@ impl FakeArm {
     /// A vault with its security settings (Recovery Services `softDeleteState` or Backup
     /// vault `state`, and immutability `Disabled|Unlocked|Locked`).
     pub fn set_vault(&self, vault_id: &str, soft_delete: &str, immutability: Option<&str>) {
-        let rsv = vault_id.to_ascii_lowercase().contains("microsoft.recoveryservices");
+        let rsv = vault_id
+            .to_ascii_lowercase()
+            .contains("microsoft.recoveryservices");
         let mut security = if rsv {
             json!({ "softDeleteSettings": { "softDeleteState": soft_delete, "softDeleteRetentionPeriodInDays": 14 } })
         } else {
@@ -623,7 +647,9 @@ impl FakeArm {
     pub fn link(&self, vault_id: &str, guard_id: Option<&str>) {
         let mut st = self.st();
         match guard_id {
-            Some(g) => st.links.insert(vault_id.to_ascii_lowercase(), g.to_string()),
+            Some(g) => st
+                .links
+                .insert(vault_id.to_ascii_lowercase(), g.to_string()),
             None => st.links.remove(&vault_id.to_ascii_lowercase()),
         };
     }
