@@ -25,7 +25,7 @@ use crate::secret::{Secret, redact_url};
 
 /// The top-level sections; an env var `TWOKEY_<SECTION>_<KEY>` maps to `<section>.<key>`.
 const SECTIONS: &[&str] = &[
-    "server", "database", "auth", "mail", "review", "jobs", "azure", "audit", "alerts",
+    "server", "database", "auth", "mail", "review", "jobs", "azure", "audit", "alerts", "posture",
 ];
 
 // ---- raw shapes: what the file and environment may contain -------------------------------
@@ -43,6 +43,7 @@ pub struct RawConfig {
     pub audit: RawAudit,
     pub alerts: RawAlerts,
     pub webhooks: Vec<RawWebhook>,
+    pub posture: RawPosture,
     pub guards: Vec<RawGuard>,
 }
 
@@ -111,6 +112,16 @@ pub struct RawWebhook {
     pub secret_file: Option<PathBuf>,
     /// Which events go here; default every event (`["*"]`).
     pub events: Option<Vec<String>>,
+}
+
+/// `[posture]`: the daily posture report (`twokey posture`, the Posture page).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPosture {
+    /// Run the report once a day (and alert watchers when findings change).
+    pub enabled: Option<bool>,
+    /// The time of day (UTC, `HH:MM`) of the daily run.
+    pub daily_at: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -249,6 +260,10 @@ pub struct RawAzure {
     pub lro_timeout: Option<String>,
     /// How often the reconciler compares grants in the database with Azure.
     pub reconcile_interval: Option<String>,
+    /// Microsoft Graph, for names in the posture report (optional `Directory.Read.All`).
+    pub graph_endpoint: Option<String>,
+    /// Look principal ids up in Microsoft Graph for the posture report.
+    pub resolve_names: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -292,6 +307,7 @@ pub struct Config {
     pub review: ReviewConfig,
     pub jobs: JobsConfig,
     pub audit: AuditConfig,
+    pub posture: PostureConfig,
     pub guards: Vec<GuardPolicy>,
     /// Present when a guard uses an Azure elevation backend.
     pub azure: Option<AzureConfig>,
@@ -434,6 +450,10 @@ pub struct AzureConfig {
     pub max_retry_wait: Duration,
     pub lro_timeout: Duration,
     pub reconcile_interval: Duration,
+    /// Microsoft Graph (`https://graph.microsoft.com`), for principal names in posture reports.
+    pub graph_endpoint: url::Url,
+    /// Whether to ask Graph for names at all (a 403 degrades to ids either way).
+    pub resolve_names: bool,
     /// Per guard name: the credential for calls at the guard's scope.
     pub guards: BTreeMap<String, CredentialConfig>,
 }
@@ -442,6 +462,23 @@ impl AzureConfig {
     /// The credential for calls at `guard`'s scope (the home one when not overridden).
     pub fn credential_for(&self, guard: &str) -> &CredentialConfig {
         self.guards.get(guard).unwrap_or(&self.home)
+    }
+}
+
+/// The validated `[posture]` section.
+#[derive(Debug, Clone)]
+pub struct PostureConfig {
+    pub enabled: bool,
+    /// Minutes after midnight UTC of the daily run.
+    pub daily_at_minutes: u32,
+}
+
+impl Default for PostureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            daily_at_minutes: 6 * 60,
+        }
     }
 }
 
@@ -916,6 +953,16 @@ impl RawConfig {
             }),
         };
 
+        let posture = PostureConfig {
+            enabled: self.posture.enabled.unwrap_or(true),
+            daily_at_minutes: match self.posture.daily_at.as_deref() {
+                None => 6 * 60,
+                Some(t) => p
+                    .check("posture.daily_at", parse_time_of_day(t))
+                    .unwrap_or(6 * 60),
+            },
+        };
+
         let mut guards: Vec<GuardPolicy> = Vec::new();
         let mut overrides = Vec::new();
         let mut guard_webhooks = BTreeMap::new();
@@ -989,6 +1036,7 @@ impl RawConfig {
             review: ReviewConfig { keys },
             jobs,
             audit,
+            posture,
             guards,
             azure,
             alerts,
@@ -1278,6 +1326,18 @@ pub fn webhook_url_ok(raw: &str, allow_http_loopback: bool) -> Result<url::Url, 
         ),
         _ => Err("must be an https URL".into()),
     }
+}
+
+/// `HH:MM` (UTC) → minutes after midnight (`posture.daily_at`).
+fn parse_time_of_day(t: &str) -> Result<u32, String> {
+    let bad = || format!("`{t}` is not a time of day like 06:00 (UTC)");
+    let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+    let h: u32 = h.parse().map_err(|_| bad())?;
+    let m: u32 = m.parse().map_err(|_| bad())?;
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
 }
 
 /// Check an SMTP URL and turn it into the form lettre takes.
@@ -1777,6 +1837,12 @@ fn validate_azure(
         a.authority_host.as_deref(),
         "https://login.microsoftonline.com",
     );
+    let graph_endpoint = endpoint(
+        p,
+        "azure.graph_endpoint",
+        a.graph_endpoint.as_deref(),
+        "https://graph.microsoft.com",
+    );
     let cred = |p: &mut Problems,
                 key: &str,
                 kind: CredentialKind,
@@ -1907,6 +1973,8 @@ fn validate_azure(
         max_retry_wait,
         lro_timeout,
         reconcile_interval,
+        graph_endpoint,
+        resolve_names: a.resolve_names.unwrap_or(true),
         guards: per_guard,
     })
 }
@@ -2156,6 +2224,27 @@ mod tests {
             env_key("alerts_business_hours_start"),
             "alerts.business_hours.start"
         );
+        assert_eq!(env_key("posture_daily_at"), "posture.daily_at");
+        assert_eq!(env_key("azure_graph_endpoint"), "azure.graph_endpoint");
+    }
+
+    #[test]
+    fn posture_time_of_day_is_checked() {
+        assert_eq!(parse_time_of_day("06:00"), Ok(360));
+        assert_eq!(parse_time_of_day("23:59"), Ok(23 * 60 + 59));
+        for bad in ["24:00", "6", "06:60", "noon", ""] {
+            assert!(parse_time_of_day(bad).is_err(), "{bad}");
+        }
+        let mut raw = minimal();
+        raw.posture.daily_at = Some("25:00".into());
+        let keys: Vec<String> = raw
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, vec!["posture.daily_at".to_string()]);
     }
 
     fn oidc() -> RawConfig {

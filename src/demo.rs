@@ -73,6 +73,9 @@ pub fn config(data_dir: &Path, bind: &str, review_secret: String) -> RawConfig {
         ),
     ];
     raw.auth.auditors = vec!["group:auditors".into()];
+    // The day's posture report runs at once when the demo starts (whatever the hour), so the
+    // Posture page has something to show.
+    raw.posture.daily_at = Some("00:00".into());
     raw.mail.from = Some("twokey demo <twokey@demo.twokey>".into());
     raw.mail.outbox_dir = Some(data_dir.join("outbox"));
     raw.review.keys = vec![RawKey {

@@ -53,6 +53,16 @@ enum Command {
         #[arg(long)]
         principal: Option<String>,
     },
+    /// The posture report: per guard, who can go around MUA and how each covered vault
+    /// stands, with each finding's fix. Records the report (a change is audited and mailed to
+    /// the guard's watchers). Exit status 0 without red (critical or high) findings, 1 with.
+    Posture {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the report as JSON (the same model as the page) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -217,6 +227,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("all checks passed");
                 Ok(ExitCode::SUCCESS)
             }
+        }
+        Command::Posture { config, json } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(print_config_errors(&e)),
+            };
+            let store = Store::connect(config.database.url.expose(), 2).await?;
+            store.migrate().await?;
+            let svc = twokey::service::Service::new(
+                store,
+                std::sync::Arc::new(config),
+                std::sync::Arc::new(twokey::clock::SystemClock),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let run = svc.run_posture("cli").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run.report)?);
+            } else {
+                print!("{}", twokey::service::render_posture_text(&run.report));
+                for (guard, c) in &run.changed {
+                    println!(
+                        "{guard}: changed since the last report ({} new, {} gone, {} other severity): audited, watchers mailed",
+                        c.added.len(),
+                        c.removed.len(),
+                        c.changed.len()
+                    );
+                }
+            }
+            Ok(if run.report.red_count() > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Audit { command } => audit(command).await,
     }

@@ -45,11 +45,13 @@ pub enum Action {
     AlertRaised,
     NotificationSent,
     NotificationFailed,
+    /// The posture report's findings changed (README "Posture").
+    PostureChanged,
 }
 
 impl Action {
     /// Every action, in the order of DESIGN.md's list.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 19] = [
         Self::RequestCreated,
         Self::RequestCancelled,
         Self::RequestExpired,
@@ -68,6 +70,7 @@ impl Action {
         Self::AlertRaised,
         Self::NotificationSent,
         Self::NotificationFailed,
+        Self::PostureChanged,
     ];
 
     /// The action with this contract name.
@@ -91,6 +94,7 @@ impl Action {
             Self::AuthSignedIn => "auth.signed_in",
             Self::AuthFailed => "auth.failed",
             Self::PolicyLoaded => "policy.loaded",
+            Self::PostureChanged => "posture.changed",
             Self::AlertReceived => "alert.received",
             Self::AlertRaised => "alert.raised",
             Self::NotificationSent => "notification.sent",

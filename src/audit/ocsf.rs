@@ -277,10 +277,12 @@ pub fn event(row: &AuditRow, details: &Value, raw_data: String) -> Value {
             99,
             "Other",
             0,
-            if row.action == "alert.received" || row.action == "alert.raised" {
-                MEDIUM
-            } else {
-                INFORMATIONAL
+            match row.action.as_str() {
+                "alert.received" | "alert.raised" => MEDIUM,
+                // A change in who can go around MUA: high when a red finding appeared.
+                "posture.changed" if details["red_added"].as_i64().unwrap_or(0) > 0 => HIGH,
+                "posture.changed" => MEDIUM,
+                _ => INFORMATIONAL,
             },
             json!({}),
         ),

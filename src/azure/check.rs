@@ -39,7 +39,7 @@ impl CheckRow {
 }
 
 /// The `oid` claim of an Entra access token (read, not verified: it is our own token).
-fn object_id_of(token: &str) -> Option<String> {
+pub(crate) fn object_id_of(token: &str) -> Option<String> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -11,6 +11,7 @@ pub mod check;
 pub mod client;
 pub mod credential;
 mod pim;
+pub mod posture;
 mod rbac;
 
 use std::collections::HashMap;

@@ -6,5 +6,6 @@ pub mod alerts;
 pub mod arm;
 pub mod operations;
 pub mod policy;
+pub mod posture;
 pub mod principal;
 pub mod request;

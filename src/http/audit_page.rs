@@ -149,7 +149,7 @@ pub async fn audit_page(
     })
 }
 
-const ACTIONS: [&str; 17] = [
+const ACTIONS: [&str; 19] = [
     "request.created",
     "request.cancelled",
     "request.expired",
@@ -165,6 +165,8 @@ const ACTIONS: [&str; 17] = [
     "auth.failed",
     "policy.loaded",
     "alert.received",
+    "alert.raised",
     "notification.sent",
     "notification.failed",
+    "posture.changed",
 ];

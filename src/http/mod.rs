@@ -8,6 +8,7 @@ pub mod extract;
 mod health;
 pub mod hooks;
 mod pages;
+mod posture_page;
 pub mod rate_limit;
 
 use std::sync::Arc;

@@ -51,6 +51,8 @@ pub fn routes() -> Router<AppState> {
         .route("/review", post(review_submit))
         .route("/guards", get(guards_page))
         .route("/audit", get(super::audit_page::audit_page))
+        .route("/posture", get(super::posture_page::posture_page))
+        .route("/posture/run", post(super::posture_page::posture_run))
         .route("/dev/outbox", get(outbox))
         .route("/dev/outbox/{id}", get(outbox_message))
 }
@@ -234,12 +236,12 @@ fn session_cookie(state: &AppState, value: String) -> Cookie<'static> {
         .build()
 }
 
-fn csrf_ok(s: &Option<Session>, sent: &str) -> bool {
+pub(crate) fn csrf_ok(s: &Option<Session>, sent: &str) -> bool {
     s.as_ref()
         .is_some_and(|s| constant_time_eq(sent, &s.csrf_token))
 }
 
-fn csrf_failed(state: &AppState, s: &Option<Session>) -> Response {
+pub(crate) fn csrf_failed(state: &AppState, s: &Option<Session>) -> Response {
     message(
         state,
         s,

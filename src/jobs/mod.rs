@@ -132,6 +132,9 @@ impl Worker {
     /// (every `azure.reconcile_interval`, and at start) compare grants with Azure.
     pub async fn sweep(&self) -> ServiceResult<()> {
         self.svc.expire_due().await?;
+        if let Err(e) = self.svc.schedule_daily_posture().await {
+            tracing::error!(error = %e, "could not queue the daily posture report");
+        }
         self.svc
             .store
             .delete_expired_sessions(&timefmt::fmt(self.svc.now()))

@@ -277,6 +277,11 @@ pub fn model(
         }
         // Returned above.
         MailKind::Alert => {}
+        MailKind::Posture => {
+            return Err(JobFailure::Permanent(
+                "a posture mail is not about a request".into(),
+            ));
+        }
         MailKind::AlreadyDecided => {
             let by = payload
                 .extra
@@ -292,6 +297,97 @@ pub fn model(
     }
     m.subject = subject_safe(&m.subject);
     Ok(m)
+}
+
+/// The model of a posture mail: what changed in who can go around MUA for one guard.
+pub fn posture_model(svc: &Service, payload: &MailPayload) -> MailModel {
+    let x = &payload.extra;
+    let guard = x["guard"].as_str().unwrap_or("?").to_string();
+    let list = |k: &str| x[k].as_array().cloned().unwrap_or_default();
+    let (added, removed, changed) = (list("added"), list("removed"), list("changed"));
+    let red = x["red_added"].as_i64().unwrap_or(0);
+    let first = x["first_run"].as_bool().unwrap_or(false);
+    let mut facts = Vec::new();
+    for f in &added {
+        facts.push((
+            format!("NEW {}", f["severity"].as_str().unwrap_or("")),
+            format!(
+                "{} — Fix: {}",
+                f["title"].as_str().unwrap_or(""),
+                f["fix"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    for c in &changed {
+        facts.push((
+            format!(
+                "{} → {}",
+                c["from"].as_str().unwrap_or(""),
+                c["to"].as_str().unwrap_or("")
+            ),
+            c["title"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    for f in &removed {
+        facts.push(("GONE".into(), f["title"].as_str().unwrap_or("").to_string()));
+    }
+    let subject = if first {
+        format!(
+            "[twokey] posture of {guard}: {} finding(s), {red} red",
+            added.len()
+        )
+    } else {
+        format!(
+            "[twokey] posture of {guard} changed: {} new, {} gone{}",
+            added.len(),
+            removed.len(),
+            if red > 0 {
+                format!(", {red} red")
+            } else {
+                String::new()
+            }
+        )
+    };
+    MailModel {
+        subject: subject_safe(&subject),
+        guard: guard.clone(),
+        headline: if first {
+            format!("Posture of {guard}: the first report")
+        } else {
+            format!("The posture of {guard} changed")
+        },
+        intro: format!(
+            "twokey compared who and what can go around multi-user authorization for Resource Guard {} with its last report.",
+            x["resource_guard_id"].as_str().unwrap_or("?")
+        ),
+        warning: (red > 0).then(|| {
+            format!("{red} new red finding(s): MUA can be gone around or is off. Each comes with its fix.")
+        }),
+        action_link: Some(format!("{}/posture", svc.public_base())),
+        action_text: "Open the posture report".into(),
+        action_note: None,
+        facts,
+        consequence: None,
+        scope_note: None,
+        footer: "Sent by twokey's posture report to the guard's watchers.".into(),
+        details_link: None,
+    }
+}
+
+/// Render a posture mail.
+pub fn render_posture(svc: &Service, payload: &MailPayload) -> Result<Mail, JobFailure> {
+    let m = posture_model(svc, payload);
+    let html = HtmlMail { m: &m }
+        .render()
+        .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;
+    let text = TextMail { m: &m }
+        .render()
+        .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;
+    Ok(Mail {
+        subject: m.subject,
+        text,
+        html,
+    })
 }
 
 /// Render the model into text and HTML.

@@ -35,6 +35,8 @@ pub enum JobKind {
     /// A once-a-day task (coverage check, digest), made unique per day by its dedupe key so that
     /// it runs once across replicas.
     Daily,
+    /// Run the posture report (daily, or asked for on the page).
+    Posture,
 }
 
 impl JobKind {
@@ -45,6 +47,7 @@ impl JobKind {
             Self::Mail => "mail",
             Self::Webhook => "webhook",
             Self::Daily => "daily",
+            Self::Posture => "posture",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -54,6 +57,7 @@ impl JobKind {
             "mail" => Some(Self::Mail),
             "webhook" => Some(Self::Webhook),
             "daily" => Some(Self::Daily),
+            "posture" => Some(Self::Posture),
             _ => None,
         }
     }
@@ -65,7 +69,7 @@ impl JobKind {
             // keeps trying for about a week, and every failure stays visible in the job row.
             Self::Revoke => 1000,
             Self::Mail | Self::Webhook => 10,
-            Self::Daily => 5,
+            Self::Daily | Self::Posture => 5,
         }
     }
 }
@@ -83,6 +87,8 @@ pub enum MailKind {
     AlreadyDecided,
     /// To a watcher: an alert or the digest, whose words are in `extra` (a `notify::AlertNotice`).
     Alert,
+    /// To a guard's watchers: its posture report changed (no request).
+    Posture,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +163,7 @@ impl Service {
             JobKind::Mail => self.run_mail(job, owner).await,
             JobKind::Webhook => self.run_webhook(job, owner).await,
             JobKind::Daily => self.run_daily(job, owner).await,
+            JobKind::Posture => self.run_posture_job(job, owner).await,
         }
     }
 
@@ -527,6 +534,9 @@ impl Service {
         if payload.kind == MailKind::Alert {
             return self.run_alert_mail(job, owner, &payload, created).await;
         }
+        if payload.kind == MailKind::Posture {
+            return self.run_posture_mail(job, owner, &payload, created).await;
+        }
         let req = self
             .store
             .get_request(&payload.request_id)
@@ -710,6 +720,53 @@ impl Service {
         self.finish(tx, job, owner, now).await
     }
 
+    /// A posture mail: about a guard, not a request.
+    async fn run_posture_mail(
+        &self,
+        job: &JobRow,
+        owner: &str,
+        payload: &MailPayload,
+        created: OffsetDateTime,
+    ) -> Result<bool, JobFailure> {
+        let mail = crate::notify::render_posture(self, payload)?;
+        let message_id = format!("<{}@twokey>", job.job_id);
+        let path =
+            crate::notify::deliver(self, &job.job_id, &message_id, created, &payload.to, &mail)
+                .await
+                .map_err(JobFailure::Retry)?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        tx.insert_notification(&NotificationRow {
+            notification_id: job.job_id.clone(),
+            request_id: None,
+            kind: "posture".into(),
+            recipient: payload.to.clone(),
+            subject: mail.subject.clone(),
+            message_id: message_id.clone(),
+            path: Some(path),
+            body: mail.text.clone(),
+            sent_at: timefmt::fmt(now),
+        })
+        .await?;
+        audit::record(
+            &mut tx,
+            now,
+            Action::NotificationSent,
+            &Actor::system(),
+            None,
+            json!({
+                "kind": payload.kind,
+                "to": payload.to,
+                "subject": mail.subject,
+                "message_id": message_id,
+                "event": "posture.changed",
+                "guard": payload.extra.get("guard"),
+            }),
+        )
+        .await?;
+        self.finish(tx, job, owner, now).await
+    }
+
     /// The job will not be tried again: record what that means, in one transaction with
     /// marking the job failed.
     pub async fn fail_job_for_good(
@@ -796,6 +853,7 @@ impl Service {
             Some(JobKind::Daily) => {
                 tracing::error!(job_id = %job.job_id, error = %error, "daily task gave up");
             }
+            Some(JobKind::Posture) => {}
             Some(JobKind::Revoke) => {
                 audit::record(
                     &mut tx,

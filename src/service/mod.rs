@@ -8,6 +8,7 @@ pub mod jobs_api {
 }
 mod alerts;
 mod jobs_impl;
+mod posture;
 mod reconcile;
 mod view;
 
@@ -34,6 +35,7 @@ use crate::timefmt;
 
 pub use alerts::{Intake, WebhookPayload};
 pub use jobs_impl::{JobKind, MailKind, MailPayload};
+pub use posture::{PostureRun, render_text as render_posture_text};
 pub use reconcile::ReconcileReport;
 pub use view::{DecisionView, PersonView, RequestView, TimelineEntry};
 

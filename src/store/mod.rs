@@ -295,6 +295,37 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Azure object ids of everyone who has asked for access under `guard`.
+    pub async fn requester_object_ids(&self, guard: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "select distinct requester_object_id from request where guard = $1 \
+             and requester_object_id is not null",
+        )
+        .bind(guard)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Principals with an active twokey grant at `scope` (a window twokey opened).
+    pub async fn active_grant_principals(&self, scope: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "select principal_object_id from grant_record where state = 'active' \
+             and lower(scope) = lower($1) and principal_object_id is not null",
+        )
+        .bind(scope)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The last posture report of every guard.
+    pub async fn posture_reports(&self) -> StoreResult<Vec<PostureRow>> {
+        Ok(sqlx::query_as(
+            "select guard, run_at, report, names_resolved, names_note from posture_report order by guard",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn pending_with_other_policy(
         &self,
         guard: &str,
@@ -1142,6 +1173,32 @@ impl Tx {
         .bind(since)
         .fetch_one(&mut *self.inner)
         .await?)
+    }
+
+    /// The last posture report of `guard`, read in this (writing, serialized) transaction.
+    pub async fn get_posture(&mut self, guard: &str) -> StoreResult<Option<PostureRow>> {
+        Ok(sqlx::query_as(
+            "select guard, run_at, report, names_resolved, names_note from posture_report where guard = $1",
+        )
+        .bind(guard)
+        .fetch_optional(&mut *self.inner)
+        .await?)
+    }
+
+    pub async fn put_posture(&mut self, r: &PostureRow) -> StoreResult<()> {
+        sqlx::query(
+            "insert into posture_report (guard, run_at, report, names_resolved, names_note) \
+             values ($1, $2, $3, $4, $5) on conflict (guard) do update set run_at = excluded.run_at, \
+             report = excluded.report, names_resolved = excluded.names_resolved, names_note = excluded.names_note",
+        )
+        .bind(&r.guard)
+        .bind(&r.run_at)
+        .bind(&r.report)
+        .bind(r.names_resolved)
+        .bind(&r.names_note)
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
     }
 
     // ---- the audit chain ---------------------------------------------------------------

@@ -240,3 +240,13 @@ pub struct AlertReceivedRow {
     pub guards: String,
     pub received_at: String,
 }
+
+/// The last posture report of one guard.
+#[derive(Debug, Clone, FromRow)]
+pub struct PostureRow {
+    pub guard: String,
+    pub run_at: String,
+    pub report: String,
+    pub names_resolved: i64,
+    pub names_note: Option<String>,
+}

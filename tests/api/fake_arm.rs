@@ -120,6 +120,109 @@ pub struct FakeState {
     denied: Vec<String>,
     guards: HashMap<String, Value>,
     links: HashMap<String, String>,
+    /// Management groups above each subscription (lowercase), nearest first.
+    management_groups: HashMap<String, Vec<String>>,
+    /// Role definitions by GUID (lowercase); the built-ins are there from the start.
+    definitions: HashMap<String, Value>,
+    /// PIM assignment and eligibility schedules.
+    schedules: Vec<Value>,
+    eligibility: Vec<Value>,
+    /// Vault resources by id (lowercase).
+    vaults: HashMap<String, Value>,
+    /// The directory behind Microsoft Graph's `getByIds`, by object id (lowercase).
+    pub directory: HashMap<String, Value>,
+    /// The audience each token was issued for.
+    token_audience: HashMap<String, String>,
+}
+
+/// The built-in roles the posture tests meet, with their permissions as Azure publishes them
+/// (Contributor's notActions shortened to the ones that matter here).
+fn builtin_definitions() -> HashMap<String, Value> {
+    let def = |guid: &str, name: &str, actions: &[&str], not: &[&str]| {
+        (
+            guid.to_string(),
+            json!({
+                "id": format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+                "name": guid, "type": "Microsoft.Authorization/roleDefinitions",
+                "properties": { "roleName": name, "type": "BuiltInRole", "description": name,
+                    "assignableScopes": ["/"],
+                    "permissions": [{ "actions": actions, "notActions": not, "dataActions": [], "notDataActions": [] }] }
+            }),
+        )
+    };
+    [
+        def("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner", &["*"], &[]),
+        def(
+            "b24988ac-6180-42a0-ab88-20f7382dd24c",
+            "Contributor",
+            &["*"],
+            &[
+                "Microsoft.Authorization/*/Delete",
+                "Microsoft.Authorization/*/Write",
+                "Microsoft.Authorization/elevateAccess/Action",
+            ],
+        ),
+        def(
+            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            "Reader",
+            &["*/read"],
+            &[],
+        ),
+        def(
+            "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+            "User Access Administrator",
+            &["*/read", "Microsoft.Authorization/*", "Microsoft.Support/*"],
+            &[],
+        ),
+        def(
+            "c2a970b4-16a7-4a51-8c84-8a8ea6ee0bb8",
+            "Backup MUA Admin",
+            &[
+                "Microsoft.Authorization/*/read",
+                "Microsoft.DataProtection/resourceGuards/*",
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+            ],
+            &[],
+        ),
+        def(
+            "f54b6d04-23c6-443e-b462-9c16ab7b4a52",
+            "Backup MUA Operator",
+            &[
+                "Microsoft.Authorization/*/read",
+                "Microsoft.DataProtection/resourceGuards/read",
+                "Microsoft.DataProtection/resourceGuards/*/action",
+            ],
+            &[],
+        ),
+        def(
+            "5e467623-bb1f-42f4-a55d-6e525e11384b",
+            "Backup Contributor",
+            &[
+                "Microsoft.Authorization/*/read",
+                "Microsoft.RecoveryServices/Vaults/*",
+                "Microsoft.DataProtection/backupVaults/*",
+            ],
+            &["Microsoft.RecoveryServices/Vaults/delete"],
+        ),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Whether an assignment at `at` applies at `scope` (at or above it), with the management
+/// groups above each subscription.
+fn at_or_above(at: &str, scope: &str, mgs: &HashMap<String, Vec<String>>) -> bool {
+    let at = at.trim_end_matches('/').to_ascii_lowercase();
+    let scope = scope.trim_end_matches('/').to_ascii_lowercase();
+    if at.is_empty() || at == scope || scope.starts_with(&format!("{at}/")) {
+        return true;
+    }
+    let sub = scope
+        .trim_start_matches("/subscriptions/")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    mgs.get(sub).is_some_and(|l| l.contains(&at))
 }
 
 /// The fake, running until dropped.
@@ -147,6 +250,21 @@ struct SpecOp {
     api_version: String,
     body: Option<Value>,
     body_required: bool,
+    /// The query parameters the spec declares.
+    query: Vec<String>,
+    /// The `$filter` forms it documents (`{id}` = a GUID).
+    filters: Vec<String>,
+}
+
+/// Whether `value` is one of the documented `$filter` forms.
+fn filter_ok(forms: &[String], value: &str) -> bool {
+    forms.iter().any(|f| match f.split_once("{id}") {
+        None => f == value,
+        Some((pre, post)) => value
+            .strip_prefix(pre)
+            .and_then(|r| r.strip_suffix(post))
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()),
+    })
 }
 
 fn load_spec() -> Vec<SpecOp> {
@@ -168,6 +286,22 @@ fn load_spec() -> Vec<SpecOp> {
             api_version: o["api_version"].as_str().unwrap().to_string(),
             body: o.get("body").cloned(),
             body_required: o["body_required"].as_bool().unwrap_or(false),
+            query: o["query"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|q| q.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            filters: o["filters"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|q| q.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -306,6 +440,7 @@ impl FakeArm {
         let base = format!("http://127.0.0.1:{port}");
         let state = Arc::new(Mutex::new(FakeState {
             token_lifetime: 3599,
+            definitions: builtin_definitions(),
             ..Default::default()
         }));
         let shared = Arc::new(Shared {
@@ -428,6 +563,111 @@ impl FakeArm {
         };
         self.st().instances.push(inst);
     }
+    /// A role assignment made outside twokey, at any scope (`/` for the root).
+    pub fn seed_role_assignment(&self, scope: &str, principal: &str, kind: &str, role_guid: &str) {
+        let name = uuid::Uuid::new_v4().to_string();
+        let id = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{name}",
+            scope.trim_end_matches('/')
+        );
+        let a = json!({"id": id, "name": name, "type": "Microsoft.Authorization/roleAssignments", "properties": {
+            "scope": scope, "principalId": principal, "principalType": kind,
+            "roleDefinitionId": format!("/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}",
+                scope.trim_start_matches("/subscriptions/").split('/').next().filter(|s| uuid::Uuid::parse_str(s).is_ok()).unwrap_or("11111111-2222-3333-4444-555555555555")),
+            "createdOn": fmt_time(OffsetDateTime::now_utc()),
+        }});
+        self.st()
+            .role_assignments
+            .insert(id.to_ascii_lowercase(), a);
+    }
+    /// Remove every assignment of `principal`.
+    pub fn remove_role_assignments_of(&self, principal: &str) {
+        self.st()
+            .role_assignments
+            .retain(|_, a| a["properties"]["principalId"] != principal);
+    }
+    /// A custom role definition.
+    pub fn add_custom_role(&self, guid: &str, name: &str, actions: &[&str], not_actions: &[&str]) {
+        self.st().definitions.insert(guid.to_ascii_lowercase(), json!({
+            "id": format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}"), "name": guid,
+            "type": "Microsoft.Authorization/roleDefinitions",
+            "properties": { "roleName": name, "type": "CustomRole", "assignableScopes": ["/"],
+                "permissions": [{ "actions": actions, "notActions": not_actions }] }
+        }));
+    }
+    /// Management groups above a subscription, nearest first (ids like
+    /// `/providers/Microsoft.Management/managementGroups/corp`).
+    pub fn set_management_groups(&self, subscription: &str, groups: &[&str]) {
+        self.st().management_groups.insert(
+            subscription.to_ascii_lowercase(),
+            groups.iter().map(|g| g.to_ascii_lowercase()).collect(),
+        );
+    }
+    /// A PIM schedule: an assignment (`eligible = false`) or an eligibility.
+    pub fn seed_schedule(
+        &self,
+        eligible: bool,
+        scope: &str,
+        principal: &str,
+        role_guid: &str,
+        end: Option<&str>,
+    ) {
+        let v = json!({"id": format!("{scope}/providers/Microsoft.Authorization/x/{}", uuid::Uuid::new_v4()), "properties": {
+            "scope": scope, "principalId": principal, "principalType": "User",
+            "roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"),
+            "status": "Provisioned", "memberType": "Direct", "endDateTime": end,
+            "assignmentType": if eligible { Value::Null } else { json!("Activated") },
+        }});
+        let mut st = self.st();
+        if eligible {
+            st.eligibility.push(v);
+        } else {
+            st.schedules.push(v);
+        }
+    }
+    /// A vault with its security settings (Recovery Services `softDeleteState` or Backup
+    /// vault `state`, and immutability `Disabled|Unlocked|Locked`).
+    pub fn set_vault(&self, vault_id: &str, soft_delete: &str, immutability: Option<&str>) {
+        let rsv = vault_id
+            .to_ascii_lowercase()
+            .contains("microsoft.recoveryservices");
+        let mut security = if rsv {
+            json!({ "softDeleteSettings": { "softDeleteState": soft_delete, "softDeleteRetentionPeriodInDays": 14 } })
+        } else {
+            json!({ "softDeleteSettings": { "state": soft_delete, "retentionDurationInDays": 14 } })
+        };
+        if let Some(i) = immutability {
+            security["immutabilitySettings"] = json!({ "state": i });
+        }
+        let v = json!({ "id": vault_id, "name": vault_id.rsplit('/').next(), "location": "westeurope",
+            "properties": { "securitySettings": security } });
+        self.st().vaults.insert(vault_id.to_ascii_lowercase(), v);
+    }
+    /// Link a vault to a guard (or unlink it with `None`).
+    pub fn link(&self, vault_id: &str, guard_id: Option<&str>) {
+        let mut st = self.st();
+        match guard_id {
+            Some(g) => st
+                .links
+                .insert(vault_id.to_ascii_lowercase(), g.to_string()),
+            None => st.links.remove(&vault_id.to_ascii_lowercase()),
+        };
+    }
+    /// The guard's `vaultCriticalOperationExclusionList`.
+    pub fn set_exclusions(&self, guard_id: &str, ops: &[&str]) {
+        if let Some(g) = self.st().guards.get_mut(&guard_id.to_ascii_lowercase()) {
+            g["properties"]["vaultCriticalOperationExclusionList"] = json!(ops);
+        }
+    }
+    /// A person, group or app in the directory behind Graph.
+    pub fn add_directory_object(&self, id: &str, kind: &str, name: &str, upn: Option<&str>) {
+        let mut o = json!({ "@odata.type": format!("#microsoft.graph.{kind}"), "id": id, "displayName": name });
+        if let Some(u) = upn {
+            o["userPrincipalName"] = json!(u);
+        }
+        self.st().directory.insert(id.to_ascii_lowercase(), o);
+    }
+
     /// A Resource Guard that exists, and the vaults linked to it.
     pub fn add_guard(&self, guard_id: &str, linked_vaults: &[&str]) {
         let mut st = self.st();
@@ -518,10 +758,21 @@ async fn handle(
                 .collect()
         })
         .unwrap_or_default();
+    let graph = path.starts_with("/graph/");
     let (tenant, aux_tenants, token_ok) = {
         let st = sh.state.lock().unwrap();
         let t = bearer.as_ref().and_then(|b| st.tokens.get(b)).cloned();
-        let ok = t.as_ref().is_some_and(|(_, exp)| Instant::now() < *exp);
+        // A token is good for the audience it was issued for only: ARM or Graph.
+        let want = if graph {
+            format!("{}/graph", sh.base)
+        } else {
+            sh.base.clone()
+        };
+        let aud_ok = bearer
+            .as_ref()
+            .and_then(|b| st.token_audience.get(b))
+            .is_none_or(|a| *a == want);
+        let ok = aud_ok && t.as_ref().is_some_and(|(_, exp)| Instant::now() < *exp);
         let aux_tenants = aux
             .iter()
             .filter_map(|a| st.tokens.get(a).map(|(t, _)| t.clone()))
@@ -551,6 +802,9 @@ async fn handle(
             "The access token is missing, invalid or expired.",
         );
     }
+    if graph {
+        return graph_call(&sh, &method, &path, &body_json);
+    }
     // The spec: operation, api-version, body.
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let Some(op) = sh
@@ -563,6 +817,19 @@ async fn handle(
         return arm_error(404, "NoSuchOperation", &v);
     };
     let mut errs = Vec::new();
+    for k in q.keys() {
+        if !op.query.iter().any(|d| d == k) {
+            errs.push(format!("query parameter `{k}` is not in the spec"));
+        }
+    }
+    if let Some(f) = q.get("$filter")
+        && !filter_ok(&op.filters, f)
+    {
+        errs.push(format!(
+            "$filter `{f}` is not one of the documented forms {:?}",
+            op.filters
+        ));
+    }
     if q.get("api-version") != Some(&op.api_version) {
         errs.push(format!(
             "api-version {:?}, the spec says {}",
@@ -682,7 +949,8 @@ fn token(sh: &Shared, path: &str, body: &[u8]) -> Response {
         )
             .into_response();
     }
-    if get("scope") != format!("{}/.default", sh.base) {
+    let audience = get("scope").trim_end_matches("/.default").to_string();
+    if audience != sh.base && audience != format!("{}/graph", sh.base) {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_scope", "error_description": format!("AADSTS70011: scope {} is not valid", get("scope"))}))).into_response();
     }
     if get("client_id") != CLIENT_ID || ![HOME_TENANT, GUARD_TENANT].contains(&tenant.as_str()) {
@@ -705,11 +973,67 @@ fn token(sh: &Shared, path: &str, body: &[u8]) -> Response {
         b64(&json!({"oid": BROKER_OID, "tid": tenant, "appid": CLIENT_ID, "n": st.token_counter}))
     );
     let life = st.token_lifetime;
+    st.token_audience.insert(tok.clone(), audience);
     st.tokens.insert(
         tok.clone(),
         (tenant, Instant::now() + Duration::from_secs(life)),
     );
     axum::Json(json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": tok})).into_response()
+}
+
+/// Microsoft Graph's `POST /v1.0/directoryObjects/getByIds` (the endpoint lives under
+/// `/graph` here): checks the body as Graph documents it and answers from the directory.
+fn graph_call(sh: &Shared, method: &Method, path: &str, body: &Value) -> Response {
+    let graph_error = |status: u16, code: &str, message: &str| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            axum::Json(json!({ "error": { "code": code, "message": message } })),
+        )
+            .into_response()
+    };
+    let mut st = sh.state.lock().unwrap();
+    if method != Method::POST || path != "/graph/v1.0/directoryObjects/getByIds" {
+        let v = format!("{method} {path}: not a Graph call twokey makes");
+        st.violations.push(v.clone());
+        return graph_error(400, "BadRequest", &v);
+    }
+    let ids = body["ids"].as_array();
+    let ok_ids = ids.is_some_and(|a| {
+        !a.is_empty()
+            && a.len() <= 1000
+            && a.iter()
+                .all(|i| i.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok()))
+    });
+    let ok_types = body["types"].as_array().is_none_or(|t| {
+        t.iter().all(|x| {
+            matches!(
+                x.as_str(),
+                Some("user" | "group" | "servicePrincipal" | "device" | "application")
+            )
+        })
+    });
+    let ok_keys = body
+        .as_object()
+        .is_some_and(|o| o.keys().all(|k| k == "ids" || k == "types"));
+    if !(ok_ids && ok_types && ok_keys) {
+        let v = format!("POST {path}: body {body} is not as Graph documents it");
+        st.violations.push(v.clone());
+        return graph_error(400, "Request_BadRequest", &v);
+    }
+    if st.denied.iter().any(|d| path.contains(d.as_str())) {
+        return graph_error(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
+    let value: Vec<Value> = ids
+        .unwrap()
+        .iter()
+        .filter_map(|i| st.directory.get(&i.as_str().unwrap().to_ascii_lowercase()))
+        .cloned()
+        .collect();
+    axum::Json(json!({ "value": value })).into_response()
 }
 
 fn imds(sh: &Shared, headers: &HeaderMap, q: &HashMap<String, String>) -> Response {
@@ -991,17 +1315,53 @@ fn route(
             }
         }
         ("GET", ["roleAssignments"]) => {
+            let at_scope = q.get("$filter").map(String::as_str) == Some("atScope()");
             let value: Vec<Value> = st
                 .role_assignments
                 .values()
                 .filter(|a| {
-                    a["properties"]["scope"]
-                        .as_str()
-                        .is_some_and(|s| s.eq_ignore_ascii_case(scope))
+                    a["properties"]["scope"].as_str().is_some_and(|s| {
+                        if at_scope {
+                            at_or_above(s, scope, &st.management_groups)
+                        } else {
+                            s.eq_ignore_ascii_case(scope)
+                        }
+                    })
                 })
                 .cloned()
                 .collect();
             axum::Json(json!({ "value": value })).into_response()
+        }
+        ("GET", [kind @ ("roleAssignmentSchedules" | "roleEligibilitySchedules")]) => {
+            let list = if *kind == "roleAssignmentSchedules" {
+                &st.schedules
+            } else {
+                &st.eligibility
+            };
+            let value: Vec<Value> = list
+                .iter()
+                .filter(|a| {
+                    a["properties"]["scope"]
+                        .as_str()
+                        .is_some_and(|s| at_or_above(s, scope, &st.management_groups))
+                })
+                .cloned()
+                .collect();
+            axum::Json(json!({ "value": value })).into_response()
+        }
+        ("GET", ["roleDefinitions", guid]) => {
+            match st.definitions.get(&guid.to_ascii_lowercase()) {
+                Some(d) => {
+                    let mut d = d.clone();
+                    d["id"] = json!(path);
+                    axum::Json(d).into_response()
+                }
+                None => arm_error(
+                    404,
+                    "RoleDefinitionDoesNotExist",
+                    "The specified role definition does not exist.",
+                ),
+            }
         }
         ("GET", _) if lower.contains("/providers/microsoft.dataprotection/resourceguards/") => {
             match st.guards.get(&lower) {
@@ -1018,6 +1378,15 @@ fn route(
             };
             let value: Vec<Value> = st.links.get(vault).map(|g| json!({"id": format!("{path}/{name}"), "name": name, "properties": {"resourceGuardResourceId": g}})).into_iter().collect();
             axum::Json(json!({ "value": value })).into_response()
+        }
+        ("GET", _)
+            if lower.contains("/providers/microsoft.recoveryservices/vaults/")
+                || lower.contains("/providers/microsoft.dataprotection/backupvaults/") =>
+        {
+            match st.vaults.get(&lower) {
+                Some(v) => axum::Json(v.clone()).into_response(),
+                None => arm_error(404, "ResourceNotFound", "The Resource was not found."),
+            }
         }
         ("GET", _) => axum::Json(json!({ "value": [] })).into_response(),
         _ => arm_error(400, "FakeDoesNotKnow", &format!("{method} {path}")),

@@ -14,6 +14,7 @@ mod lifecycle;
 mod mail;
 mod oidc;
 mod pages;
+mod posture;
 mod production;
 mod review;
 mod separation;

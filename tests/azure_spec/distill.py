@@ -26,19 +26,61 @@ def resolve(schema, doc, depth=0):
 
 ops = []
 
+# The `$filter` forms each list operation documents in its parameter description (the
+# fake refuses others; `{id}` stands for a GUID).
+FILTERS = {
+    "roleAssignments": ["atScope()", "principalId eq '{id}'"],
+    "roleAssignmentScheduleInstances": ["atScope()", "principalId eq '{id}'", "asTarget()"],
+    "roleAssignmentSchedules": ["atScope()", "principalId eq '{id}'", "asTarget()"],
+    "roleEligibilitySchedules": ["atScope()", "principalId eq '{id}'", "asTarget()"],
+}
+
+
+def param(p, doc, f):
+    """A parameter, with a local or a relative-file $ref resolved."""
+    if "$ref" not in p:
+        return p
+    ref_file, _, frag = p["$ref"].partition("#")
+    d = doc if not ref_file else json.load(open(os.path.normpath(os.path.join(SPECS, os.path.dirname(f), ref_file))))
+    for part in frag.strip("/").split("/"):
+        d = d[part]
+    return d
+
 
 def add(f, path, method):
     doc = json.load(open(os.path.join(SPECS, f)))
     op = doc["paths"][path][method]
     entry = {"spec_file": f, "api_version": doc["info"]["version"], "method": method.upper(),
              "path": path, "responses": sorted(op["responses"].keys())}
+    query = []
     for p in op.get("parameters", []):
-        if "$ref" in p and p["$ref"].startswith("#/parameters/"):
-            p = doc["parameters"][p["$ref"].split("/")[-1]]
+        p = param(p, doc, f)
         if p.get("in") == "body":
             entry["body"] = resolve(p["schema"], doc)
             entry["body_required"] = p.get("required", False)
+        if p.get("in") == "query":
+            query.append(p["name"])
+    entry["query"] = sorted(query)
+    last = path.rstrip("/").split("/")[-1]
+    if "$filter" in query and last in FILTERS:
+        entry["filters"] = FILTERS[last]
     ops.append(entry)
+
+
+# Two spec files are not in the ../shared snapshot; their (body-less GET) operations were
+# read from Azure/azure-rest-api-specs through a code index and are carried by hand:
+#   authorization/.../stable/2020-10-01/RoleEligibilitySchedule.json (commit 04c2cb7b)
+#   authorization/.../stable/2022-04-01/authorization-RoleDefinitionsCalls.json (commit 007a51db)
+HAND_CARRIED = [
+    {"spec_file": AUTH + "2020-10-01/RoleEligibilitySchedule.json", "api_version": "2020-10-01", "method": "GET",
+     "path": "/{scope}/providers/Microsoft.Authorization/roleEligibilitySchedules", "responses": ["200", "default"],
+     "query": ["$filter", "api-version"], "filters": FILTERS["roleEligibilitySchedules"],
+     "carried": "by hand from Azure/azure-rest-api-specs @ 04c2cb7bb78946cf2fce656ee0ccff69bec99f5b"},
+    {"spec_file": AUTH + "2022-04-01/authorization-RoleDefinitionsCalls.json", "api_version": "2022-04-01", "method": "GET",
+     "path": "/{scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}", "responses": ["200", "default"],
+     "query": ["api-version"],
+     "carried": "by hand from Azure/azure-rest-api-specs @ 007a51db374076edb902fd44eb8299eea6336335"},
+]
 
 
 rasr = AUTH + "2020-10-01/RoleAssignmentScheduleRequest.json"
@@ -59,9 +101,19 @@ add("recoveryservicesbackup/resource-manager/Microsoft.RecoveryServices/stable/2
     "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults/{vaultName}/backupResourceGuardProxies", "get")
 add("recoveryservices/resource-manager/Microsoft.RecoveryServices/stable/2024-04-01/vaults.json",
     "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults", "get")
+# The posture report: schedules, vaults (soft delete, immutability).
+add(AUTH + "2020-10-01/RoleAssignmentSchedule.json",
+    "/{scope}/providers/Microsoft.Authorization/roleAssignmentSchedules", "get")
+add("recoveryservices/resource-manager/Microsoft.RecoveryServices/stable/2024-04-01/vaults.json",
+    "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults/{vaultName}", "get")
+add(dp, "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.DataProtection/backupVaults/{vaultName}", "get")
+add(dp, "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.DataProtection/backupVaults", "get")
+ops.extend(HAND_CARRIED)
 note = ("Distilled by tests/azure_spec/distill.py from the Azure REST API specs (Azure/azure-rest-api-specs main @ a977c730, "
         "2024-07-08, MIT licensed): for each operation twokey calls, the method, path template, api-version (the spec file's "
         "info.version), response codes, and the request body schema with $refs inlined. Spec files: "
         + ", ".join(sorted({o["spec_file"] for o in ops}))
-        + ". The fake ARM server in tests/api/fake_arm.rs checks every request against this file.")
+        + ". Query parameters are the spec's; `filters` are the $filter forms its descriptions document. "
+        + "Entries marked `carried` come from spec files outside the ../shared snapshot, copied by hand. "
+        + "The fake ARM server in tests/api/fake_arm.rs checks every request against this file.")
 json.dump({"_note": note, "operations": ops}, open(os.path.join(os.path.dirname(__file__) or ".", "operations.json"), "w"), indent=1)
