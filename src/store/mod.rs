@@ -51,6 +51,9 @@ pub struct Store {
     /// The database file, for a SQLite store that lives in a file: bulk audit reads go to it
     /// directly (see `audit_export`).
     sqlite_file: Option<std::path::PathBuf>,
+    /// The PostgreSQL URL, for bulk audit reads with `COPY` on a connection of their own.
+    /// SECURITY: may hold a password; never logged or shown.
+    postgres_url: Option<std::sync::Arc<str>>,
 }
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -117,6 +120,7 @@ impl Store {
             pool,
             backend,
             sqlite_file,
+            postgres_url: (backend == Backend::Postgres).then(|| url.as_str().into()),
         })
     }
 
