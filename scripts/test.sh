@@ -221,7 +221,14 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets"
+# The API tests log at trace level into target/tmp/test-logs; start from an empty directory so
+# the search below sees this run's logs only.
+rm -rf target/tmp/test-logs
+scripts/check-logs.sh --self-test
 cargo test --all-targets
+
+step "no secret in any log line (scripts/check-logs.sh)"
+scripts/check-logs.sh
 
 # The browser tests drive `twokey demo` (built by the step above) in chromium.
 step "browser tests (node --test tests/peers/)"

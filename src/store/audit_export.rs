@@ -191,10 +191,7 @@ fn inline_binds(sql: &str, binds: &[String]) -> String {
     let mut rest = sql;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
-        let digits = rest[i + 1..]
-            .bytes()
-            .take_while(u8::is_ascii_digit)
-            .count();
+        let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
         let n: usize = rest[i + 1..i + 1 + digits].parse().unwrap_or(0);
         match binds.get(n.wrapping_sub(1)) {
             Some(v) => out.push_str(&format!(
@@ -222,7 +219,9 @@ fn copy_row(line: &[u8]) -> StoreResult<AuditRow> {
         return Err(corrupt("not 12 columns"));
     }
     let mut next = || f.next().flatten();
-    let seq = next().and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("seq"))?;
+    let seq = next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("seq"))?;
     let (at, action) = (next(), next());
     let (actor_id, actor_email, actor_object_id) = (next(), next(), next());
     let (actor_ip, actor_user_agent, request_id) = (next(), next(), next());

@@ -764,7 +764,11 @@ async fn an_export_keeps_every_character_of_user_text_and_the_chain_verifies(b: 
     let events = jsonl(&erin, "format=jsonl&action=request.created").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["details"]["justification"], text);
-    let none = jsonl(&erin, "format=jsonl&actor=x%27%29%3B%20drop%20table%20audit_event%3B--").await;
+    let none = jsonl(
+        &erin,
+        "format=jsonl&actor=x%27%29%3B%20drop%20table%20audit_event%3B--",
+    )
+    .await;
     assert!(none.is_empty());
     let walk = twokey::audit::verify::verify_store(&app.svc.store, None)
         .await

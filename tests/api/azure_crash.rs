@@ -53,7 +53,10 @@ impl Broker {
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                "info,twokey=trace,audit=trace,tower_http=trace,sqlx=debug",
+            )
             .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -84,6 +87,7 @@ impl Broker {
     /// SIGKILL: no shutdown code runs.
     pub(crate) async fn kill(mut self) {
         self.child.kill().await.unwrap();
+        keep_log(&self.log);
     }
 
     pub(crate) fn log_text(&self) -> String {
@@ -109,11 +113,15 @@ pub(crate) async fn wait_for<T>(
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            started.elapsed() < StdDuration::from_secs(60),
-            "timed out waiting for {what}\n{}",
-            std::fs::read_to_string(broker_log).unwrap_or_default()
-        );
+        if started.elapsed() > StdDuration::from_secs(120) {
+            let log = std::fs::read_to_string(broker_log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "timed out waiting for {what}; the broker's last log lines:\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(StdDuration::from_millis(50)).await;
     }
 }

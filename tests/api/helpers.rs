@@ -17,6 +17,39 @@ use twokey::config::{RawConfig, RawDevUser};
 use twokey::jobs::Worker;
 use twokey::service::Service;
 
+/// Where every log of this suite goes: the in-process apps' (one file per test process) and
+/// each `twokey serve` child's. `scripts/check-logs.sh` searches it for secrets afterwards.
+pub fn test_log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+    std::fs::create_dir_all(&dir).expect("the test log directory");
+    dir
+}
+
+/// Log everything twokey (and the libraries that see its traffic) says, at trace level, into
+/// the test log directory. Once per test process.
+pub fn capture_logs() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let path = test_log_dir().join(format!("api-{}.log", std::process::id()));
+        let file = std::fs::File::create(&path).expect("the test log file");
+        let filter = tracing_subscriber::EnvFilter::new(
+            "warn,twokey=trace,audit=trace,tower_http=trace,sqlx=trace,lettre=trace,\
+             reqwest=trace,openidconnect=trace,oauth2=trace",
+        );
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(file))
+            .json()
+            .try_init();
+    });
+}
+
+/// Keep a child process's log with the others (see [`test_log_dir`]).
+pub fn keep_log(path: &std::path::Path) {
+    let to = test_log_dir().join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
+    let _ = std::fs::copy(path, to);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -139,6 +172,7 @@ pub fn pg_admin_url() -> String {
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
+        capture_logs();
         let dir = tempfile::tempdir().expect("tempdir");
         match backend {
             Backend::Sqlite => Self {

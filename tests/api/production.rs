@@ -155,7 +155,10 @@ async fn metrics_parse_and_count_what_the_broker_did(b: Backend) {
         .collect();
     let head_after = store.audit_head().await.unwrap().0;
     let total: i64 = by_action.iter().map(|(_, n)| n).sum();
-    assert_eq!(total, head_after, "no event was written while the test read");
+    assert_eq!(
+        total, head_after,
+        "no event was written while the test read"
+    );
     assert!(by_action.iter().any(|(a, _)| a == "token.rejected"));
     for (action, n) in &by_action {
         assert_eq!(
@@ -229,14 +232,7 @@ async fn a_stop_finishes_the_request_in_flight_and_exits_in_time() {
     });
     let log = db.dir().join("twokey.log");
     let bin = binary_copy(&db.dir());
-    let mut broker = Broker::start_with(
-        &bin,
-        &config,
-        port,
-        &log,
-        &[("RUST_LOG", "info,tower_http=debug")],
-    )
-    .await;
+    let mut broker = Broker::start_with(&bin, &config, port, &log, &[]).await;
     let alice = TestApp::client_at(&broker.base, "alice@demo.twokey").await;
 
     // A request whose body arrives in two parts, the second only after the stop began.
@@ -320,6 +316,7 @@ async fn a_stop_finishes_the_request_in_flight_and_exits_in_time() {
         "exit status {status}\n{}",
         broker.log_text()
     );
+    keep_log(&broker.log);
     assert!(stop.elapsed() < StdDuration::from_secs(10));
 
     // What it answered was committed.
@@ -390,7 +387,9 @@ async fn two_replicas_share_the_work_and_one_finishes_what_a_killed_one_held() {
     }
     wait_for("the first half active", &la, async || {
         let states = store
-            .query_pairs_for_tests("select state, cast(count(*) as text) from request group by state")
+            .query_pairs_for_tests(
+                "select state, cast(count(*) as text) from request group by state",
+            )
             .await;
         (states == vec![("active".to_string(), (N / 2).to_string())]).then_some(())
     })
@@ -433,12 +432,17 @@ async fn two_replicas_share_the_work_and_one_finishes_what_a_killed_one_held() {
         ids.push(create_and_approve(i, &[survivor_index]).await);
     }
     let started = Instant::now();
+    let mut polls = 0u32;
     wait_for("every grant active", &survivor.log, async || {
         let active: Vec<(String, String)> = store
             .query_pairs_for_tests(
                 "select state, cast(count(*) as text) from request group by state",
             )
             .await;
+        polls += 1;
+        if polls % 200 == 0 {
+            eprintln!("still waiting for every grant: {active:?}");
+        }
         (active == vec![("active".to_string(), N.to_string())]).then_some(())
     })
     .await;
