@@ -371,7 +371,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
       )
     }
     template: {
-      // SIGTERM, then up to 30 s for twokey to drain (it has no shutdown timeout of its own).
+      // SIGTERM, then up to 30 s for twokey to drain (server.shutdown_grace, 30 s by default).
       terminationGracePeriodSeconds: 45
       containers: [
         {
