@@ -646,9 +646,14 @@ async fn too_few_approvers_raise_one_alert_a_day(b: Backend) {
 }
 
 async fn the_digest_goes_to_each_watcher_once_a_day(b: Backend) {
+    use twokey::audit::checkpoint::{Checkpoint, CheckpointKey};
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("checkpoint.pem");
+    std::fs::write(&key_file, CheckpointKey::from_seed([9; 32]).to_pem()).unwrap();
     let app = spawn_alerts(b, |raw| {
         raw.alerts.digest = Some(true);
         raw.alerts.digest_time = Some("10:00".into());
+        raw.audit.checkpoint_key_file = Some(key_file.clone());
     })
     .await;
     let alice = app.client_as("alice@demo.twokey").await;
@@ -686,4 +691,15 @@ async fn the_digest_goes_to_each_watcher_once_a_day(b: Backend) {
         digest.subject
     );
     assert!(digest.body.contains("Audit chain head"));
+    // The daily checkpoint: signed by the instance key, naming a real event of the chain.
+    let line = digest
+        .body
+        .lines()
+        .find_map(|l| l.find("{\"seq\"").map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no signed checkpoint in\n{}", digest.body));
+    let cp = Checkpoint::parse(line).unwrap();
+    cp.verify(&CheckpointKey::from_seed([9; 32]).public())
+        .unwrap();
+    let row = app.svc.store.audit_row(cp.seq).await.unwrap().unwrap();
+    assert_eq!(row.hash, cp.hash);
 }
