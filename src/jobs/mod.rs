@@ -170,8 +170,27 @@ impl Worker {
                 break;
             }
             if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
-                if let Err(e) = self.sweep().await {
-                    tracing::error!(error = %e, "sweep failed");
+                // One replica sweeps at a time: the one holding the lease, which it renews here.
+                let now = self.svc.now();
+                let until = now + Duration::seconds((sweep_every.as_secs() as i64 * 3).max(3));
+                match self
+                    .svc
+                    .store
+                    .claim_periodic(
+                        "sweep",
+                        &self.owner,
+                        &timefmt::fmt(now),
+                        &timefmt::fmt(until),
+                    )
+                    .await
+                {
+                    Ok(true) => {
+                        if let Err(e) = self.sweep().await {
+                            tracing::error!(error = %e, "sweep failed");
+                        }
+                    }
+                    Ok(false) => tracing::trace!("another replica holds the sweep"),
+                    Err(e) => tracing::error!(error = %e, "sweep lease failed"),
                 }
                 last_sweep = Some(tokio::time::Instant::now());
             }

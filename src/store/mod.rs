@@ -541,17 +541,45 @@ impl Store {
             .await?)
     }
 
+    /// Take (or renew) the lease on periodic work `name` until `until`: true when `owner` now
+    /// holds it. Another owner's lease is taken only once it has run out.
+    pub async fn claim_periodic(
+        &self,
+        name: &str,
+        owner: &str,
+        now: &str,
+        until: &str,
+    ) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "update periodic_lease set owner = $1, lease_until = $2 \
+             where name = $3 and (lease_until <= $4 or owner = $1)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     /// Give back every lease `owner` still holds on a queued job (at shutdown, so another
     /// replica takes the work at once instead of after the lease). Returns how many.
     pub async fn release_leases(&self, owner: &str) -> StoreResult<u64> {
-        Ok(sqlx::query(
+        let released = sqlx::query(
             "update job set lease_owner = null, lease_until = null \
              where state = 'queued' and lease_owner = $1",
         )
         .bind(owner)
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        sqlx::query("update periodic_lease set owner = null, lease_until = '' where owner = $1")
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(released)
     }
 
     /// When the next queued job is due (to sleep until then).

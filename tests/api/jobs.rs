@@ -111,3 +111,74 @@ async fn a_stale_worker_cannot_complete_a_job_it_lost(b: Backend) {
         1
     );
 }
+
+both_backends!(one_replica_at_a_time_holds_the_sweep_and_a_dead_ones_lease_runs_out);
+
+/// The sweep lease: renewed by its holder, refused to others until it runs out, given back at
+/// a stop. Concurrent claims: exactly one wins.
+async fn one_replica_at_a_time_holds_the_sweep_and_a_dead_ones_lease_runs_out(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let store = &app.svc.store;
+    use twokey::clock::Clock as _;
+    let t = |s: i64| timefmt::fmt(app.clock.now() + Duration::seconds(s));
+    assert!(
+        store
+            .claim_periodic("sweep", "a", &t(0), &t(90))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_periodic("sweep", "b", &t(10), &t(100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_periodic("sweep", "a", &t(30), &t(120))
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(
+        !store
+            .claim_periodic("sweep", "b", &t(100), &t(190))
+            .await
+            .unwrap()
+    );
+    // a dies: once its lease has run out, b takes over and a cannot take it back.
+    assert!(
+        store
+            .claim_periodic("sweep", "b", &t(121), &t(211))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_periodic("sweep", "a", &t(122), &t(212))
+            .await
+            .unwrap()
+    );
+    // b stops: the lease is given back at once.
+    store.release_leases("b").await.unwrap();
+    assert!(
+        store
+            .claim_periodic("sweep", "a", &t(123), &t(213))
+            .await
+            .unwrap()
+    );
+    store.release_leases("a").await.unwrap();
+
+    // Eight replicas at once: one wins.
+    let wins = futures::future::join_all((0..8).map(|i| {
+        let (now, until) = (t(300), t(390));
+        async move {
+            store
+                .claim_periodic("sweep", &format!("r{i}"), &now, &until)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+}
