@@ -19,6 +19,8 @@ pub struct ApiError {
     pub challenge: Option<&'static str>,
     /// A machine-readable reason beside `code` (e.g. why a token was refused).
     pub reason: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -30,11 +32,18 @@ impl ApiError {
             field: None,
             challenge: None,
             reason: None,
+            retry_after: None,
         }
     }
     pub fn with_challenge(mut self, error: &'static str) -> Self {
         self.challenge = Some(error);
         self
+    }
+    /// 429: too many requests; try again in `seconds`.
+    pub fn rate_limited(message: impl Into<String>, seconds: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(seconds.max(1));
+        e
     }
     pub fn with_reason(mut self, reason: &'static str) -> Self {
         self.reason = Some(reason);
@@ -61,6 +70,7 @@ impl ApiError {
             field: Some(field),
             challenge: None,
             reason: None,
+            retry_after: None,
         }
     }
     pub fn internal() -> Self {
@@ -89,6 +99,12 @@ impl IntoResponse for ApiError {
         {
             resp.headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(s),
+            );
         }
         resp
     }

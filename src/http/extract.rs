@@ -97,6 +97,14 @@ impl FromRequestParts<AppState> for ApiCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let caller = Self::authenticate(parts, state).await?;
+        state.limits.check_principal(&caller.caller.principal.id)?;
+        Ok(caller)
+    }
+}
+
+impl ApiCaller {
+    async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let origin = Origin::from_request_parts(parts, state)
             .await
             .unwrap_or_default();

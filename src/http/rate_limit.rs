@@ -1,13 +1,13 @@
 //! Rate limits per client address, in three classes: sign-in (`/auth/…`), review links
 //! (`/review…`) and the JSON API (`/api/…`, with the alert intake `/hooks/…`). Over the limit:
-//! 429 with `Retry-After`, before any handler, session lookup or audit write runs.
+//! 429 with `Retry-After`, before any handler, session lookup or audit write runs. The API is
+//! also limited per signed-in principal (checked once the caller is known).
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -21,6 +21,8 @@ pub struct RateLimits {
     sign_in: DefaultKeyedRateLimiter<IpAddr>,
     review: DefaultKeyedRateLimiter<IpAddr>,
     api: DefaultKeyedRateLimiter<IpAddr>,
+    /// The API per signed-in principal (session or bearer), whatever address it comes from.
+    principal: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     seen: std::sync::atomic::AtomicU64,
 }
@@ -37,6 +39,7 @@ impl RateLimits {
             sign_in: RateLimiter::keyed(quota(sign_in_per_minute)),
             review: RateLimiter::keyed(quota(sign_in_per_minute)),
             api: RateLimiter::keyed(quota(api_per_minute)),
+            principal: RateLimiter::keyed(quota(api_per_minute)),
             clock: DefaultClock::default(),
             seen: std::sync::atomic::AtomicU64::new(0),
         }
@@ -47,6 +50,21 @@ impl RateLimits {
         self.sign_in.retain_recent();
         self.review.retain_recent();
         self.api.retain_recent();
+        self.principal.retain_recent();
+    }
+
+    /// SECURITY: one account spread over many addresses (or behind a shared proxy address
+    /// with others) is still held to `server.api_rate_limit` per minute.
+    pub fn check_principal(&self, principal_id: &str) -> Result<(), ApiError> {
+        self.principal
+            .check_key(&principal_id.to_string())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now()).as_secs().max(1);
+                ApiError::rate_limited(
+                    format!("too many requests from your account; try again in {wait} s"),
+                    wait,
+                )
+            })
     }
 }
 
@@ -87,15 +105,11 @@ pub async fn limit(State(limits): State<Arc<RateLimits>>, req: Request, next: Ne
                 .wait_time_from(limits.clock.now())
                 .as_secs()
                 .max(1);
-            let mut r = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+            ApiError::rate_limited(
                 format!("too many requests from your address; try again in {wait} s"),
+                wait,
             )
-            .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            r
+            .into_response()
         }
     }
 }

@@ -380,3 +380,77 @@ async fn each_class_of_endpoint_is_rate_limited_per_address() {
         assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
     }
 }
+
+/// The API is also limited per account: one session used from many addresses (here five
+/// loopback addresses, each under its own limit) is refused once the account's minute is spent;
+/// another account is not affected.
+#[tokio::test]
+async fn the_api_is_rate_limited_per_account_across_addresses() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut raw = test_config(&db.dir(), &db.url);
+    raw.server.api_rate_limit = Some(4);
+    let app = TestApp::spawn_on(
+        db,
+        raw,
+        std::sync::Arc::new(twokey::clock::ManualClock::new(start_time())),
+    )
+    .await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let from = |last: u8, jar: &std::sync::Arc<reqwest::cookie::Jar>| {
+        reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let sign_in = async |c: &reqwest::Client, email: &str| {
+        let page = c
+            .get(format!("{}/auth/dev", app.base))
+            .send()
+            .await
+            .unwrap();
+        let csrf = form_value(&page.text().await.unwrap(), "csrf").unwrap();
+        let r = c
+            .post(format!("{}/auth/dev", app.base))
+            .form(&[("email", email), ("csrf", csrf.as_str()), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    };
+    sign_in(&from(2, &jar), "alice@demo.twokey").await;
+    for last in 3..=6 {
+        let r = from(last, &jar)
+            .get(format!("{}/api/v1/session", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "call from 127.0.0.{last}");
+    }
+    let r = from(7, &jar)
+        .get(format!("{}/api/v1/session", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("your account"),
+        "{body}"
+    );
+    // Bob, from a fresh address, is not held to Alice's count.
+    let bobs = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let bob = from(8, &bobs);
+    sign_in(&bob, "bob@demo.twokey").await;
+    let r = bob
+        .get(format!("{}/api/v1/session", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
