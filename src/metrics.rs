@@ -146,7 +146,18 @@ pub async fn render(store: &Store) -> StoreResult<String> {
     let (requests, jobs) = store.metric_counts().await?;
     out.push_str("# HELP twokey_requests Requests in the database, by state.\n");
     out.push_str("# TYPE twokey_requests gauge\n");
+    // Every state, zeros included, so that a dashboard's series never go missing.
+    let mut states: Vec<(String, i64)> = crate::domain::request::RequestState::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
     for (state, n) in requests {
+        match states.iter_mut().find(|(s, _)| *s == state) {
+            Some(slot) => slot.1 = n,
+            None => states.push((state, n)),
+        }
+    }
+    for (state, n) in states {
         out.push_str(&format!(
             "twokey_requests{{state=\"{}\"}} {n}\n",
             label(&state)

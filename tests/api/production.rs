@@ -171,6 +171,8 @@ async fn metrics_parse_and_count_what_the_broker_did(b: Backend) {
 
     assert_eq!(value(&m, "twokey_requests", &[("state", "active")]), 1.0);
     assert_eq!(value(&m, "twokey_requests", &[]), 1.0);
+    let states = m.iter().filter(|(n, _, _)| n == "twokey_requests").count();
+    assert_eq!(states, 8, "every state has a series, zeros included");
     assert_eq!(
         value(
             &m,
