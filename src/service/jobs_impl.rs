@@ -589,38 +589,28 @@ impl Service {
         if let Some(t) = &token_row {
             tx.insert_review_token(t).await?;
         }
-        tx.insert_notification(&NotificationRow {
-            notification_id: job.job_id.clone(),
-            request_id: Some(req.request_id.clone()),
-            kind: serde_json::to_value(payload.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            recipient: payload.to.clone(),
-            subject: mail.subject.clone(),
-            message_id: message_id.clone(),
-            path: Some(path),
-            body: mail.text.clone(),
-            sent_at: timefmt::fmt(now),
-        })
-        .await?;
-        audit::record(
-            &mut tx,
-            now,
-            Action::NotificationSent,
-            &Actor::system(),
-            Some(&req.request_id),
-            json!({
-                "kind": payload.kind,
-                "to": payload.to,
-                "subject": mail.subject,
-                "message_id": message_id,
-                "event": payload.extra.get("event"),
-                "review_token_jti": token_row.as_ref().map(|t| t.jti.clone()),
-            }),
-        )
-        .await?;
-        self.finish(tx, job, owner, now).await
+        let kind = serde_json::to_value(payload.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let details = json!({
+            "kind": payload.kind,
+            "to": payload.to,
+            "subject": mail.subject,
+            "message_id": message_id,
+            "event": payload.extra.get("event"),
+            "review_token_jti": token_row.as_ref().map(|t| t.jti.clone()),
+        });
+        let sent = Sent {
+            request_id: Some(&req.request_id),
+            kind,
+            to: &payload.to,
+            mail: &mail,
+            message_id: &message_id,
+            path,
+            details,
+        };
+        self.record_sent(tx, job, owner, now, sent).await
     }
 
     /// Deliver one event to one webhook. The URL is checked again (https, or loopback http when
@@ -689,35 +679,24 @@ impl Service {
                 .map_err(JobFailure::Retry)?;
         let now = self.now();
         let rid = Some(payload.request_id.clone()).filter(|r| !r.is_empty());
-        let mut tx = self.store.begin().await?;
-        tx.insert_notification(&NotificationRow {
-            notification_id: job.job_id.clone(),
-            request_id: rid.clone(),
+        let tx = self.store.begin().await?;
+        let details = json!({
+            "kind": payload.kind,
+            "to": payload.to,
+            "subject": mail.subject,
+            "message_id": message_id,
+            "event": payload.extra.get("event"),
+        });
+        let sent = Sent {
+            request_id: rid.as_deref(),
             kind: "alert".into(),
-            recipient: payload.to.clone(),
-            subject: mail.subject.clone(),
-            message_id: message_id.clone(),
-            path: Some(path),
-            body: mail.text.clone(),
-            sent_at: timefmt::fmt(now),
-        })
-        .await?;
-        audit::record(
-            &mut tx,
-            now,
-            Action::NotificationSent,
-            &Actor::system(),
-            rid.as_deref(),
-            json!({
-                "kind": payload.kind,
-                "to": payload.to,
-                "subject": mail.subject,
-                "message_id": message_id,
-                "event": payload.extra.get("event"),
-            }),
-        )
-        .await?;
-        self.finish(tx, job, owner, now).await
+            to: &payload.to,
+            mail: &mail,
+            message_id: &message_id,
+            path,
+            details,
+        };
+        self.record_sent(tx, job, owner, now, sent).await
     }
 
     /// A posture mail: about a guard, not a request.
@@ -735,16 +714,46 @@ impl Service {
                 .await
                 .map_err(JobFailure::Retry)?;
         let now = self.now();
-        let mut tx = self.store.begin().await?;
-        tx.insert_notification(&NotificationRow {
-            notification_id: job.job_id.clone(),
+        let tx = self.store.begin().await?;
+        let details = json!({
+            "kind": payload.kind,
+            "to": payload.to,
+            "subject": mail.subject,
+            "message_id": message_id,
+            "event": "posture.changed",
+            "guard": payload.extra.get("guard"),
+        });
+        let sent = Sent {
             request_id: None,
             kind: "posture".into(),
-            recipient: payload.to.clone(),
-            subject: mail.subject.clone(),
-            message_id: message_id.clone(),
-            path: Some(path),
-            body: mail.text.clone(),
+            to: &payload.to,
+            mail: &mail,
+            message_id: &message_id,
+            path,
+            details,
+        };
+        self.record_sent(tx, job, owner, now, sent).await
+    }
+
+    /// A mail has left: its notification row and `notification.sent`, in one transaction with
+    /// the job's completion (so a retry after a crash writes the same message id again).
+    async fn record_sent(
+        &self,
+        mut tx: Tx,
+        job: &JobRow,
+        owner: &str,
+        now: OffsetDateTime,
+        sent: Sent<'_>,
+    ) -> Result<bool, JobFailure> {
+        tx.insert_notification(&NotificationRow {
+            notification_id: job.job_id.clone(),
+            request_id: sent.request_id.map(str::to_string),
+            kind: sent.kind,
+            recipient: sent.to.to_string(),
+            subject: sent.mail.subject.clone(),
+            message_id: sent.message_id.to_string(),
+            path: Some(sent.path),
+            body: sent.mail.text.clone(),
             sent_at: timefmt::fmt(now),
         })
         .await?;
@@ -753,15 +762,8 @@ impl Service {
             now,
             Action::NotificationSent,
             &Actor::system(),
-            None,
-            json!({
-                "kind": payload.kind,
-                "to": payload.to,
-                "subject": mail.subject,
-                "message_id": message_id,
-                "event": "posture.changed",
-                "guard": payload.extra.get("guard"),
-            }),
+            sent.request_id,
+            sent.details,
         )
         .await?;
         self.finish(tx, job, owner, now).await
@@ -880,4 +882,15 @@ impl Service {
             .trim_end_matches('/')
             .to_string()
     }
+}
+
+/// What [`Service::record_sent`] writes about one mail.
+struct Sent<'a> {
+    request_id: Option<&'a str>,
+    kind: String,
+    to: &'a str,
+    mail: &'a crate::notify::Mail,
+    message_id: &'a str,
+    path: String,
+    details: serde_json::Value,
 }
