@@ -23,6 +23,7 @@ both_backends!(
     the_directory_answering_403_still_gives_the_report_with_ids,
     a_read_that_fails_keeps_the_last_findings_and_says_so,
     the_posture_page_is_for_auditors_and_its_button_queues_one_run,
+    the_posture_command_prints_the_report_and_fails_while_anything_is_red,
 );
 
 const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
@@ -62,18 +63,24 @@ fn sub_scope() -> String {
 /// the fake's `/graph`. Both vaults linked, soft delete always on, immutability locked: a
 /// clean start that each test spoils in its own way.
 async fn spawn(b: Backend, fake: &FakeArm) -> TestApp {
+    let db = TestDb::new(b).await;
+    let raw = clean_start(fake, &db);
+    TestApp::spawn_on(db, raw, Arc::new(ManualClock::new(start_time()))).await
+}
+
+/// The fake set up for [`spawn`], and its config.
+fn clean_start(fake: &FakeArm, db: &TestDb) -> twokey::config::RawConfig {
     fake.add_guard(GUARD, &[&single_vault(), &bv_single()]);
     fake.set_vault(&single_vault(), "AlwaysON", Some("Locked"));
     fake.set_vault(&bv_single(), "AlwaysOn", Some("Locked"));
     fake.seed_role_assignment(GUARD, BROKER_OID, "ServicePrincipal", UAA);
-    let db = TestDb::new(b).await;
     let mut raw = test_config(&db.dir(), &db.url);
     azure_config(&mut raw, fake, "azure-pim");
     raw.guards.truncate(1);
     raw.posture.enabled = Some(true);
     raw.posture.daily_at = Some("06:00".into());
     raw.azure.graph_endpoint = Some(format!("{}/graph", fake.base));
-    TestApp::spawn_on(db, raw, Arc::new(ManualClock::new(start_time()))).await
+    raw
 }
 
 fn guard_report(run: &twokey::service::PostureRun) -> GuardReport {
@@ -553,5 +560,59 @@ async fn the_posture_page_is_for_auditors_and_its_button_queues_one_run(b: Backe
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    assert_spec_clean(&fake);
+}
+
+/// `twokey posture` (the real binary): JSON or a table, exit 0 with nothing red, 1 with a red
+/// finding; a change found by the command is audited like any other run.
+async fn the_posture_command_prints_the_report_and_fails_while_anything_is_red(b: Backend) {
+    let fake = FakeArm::start().await;
+    let db = TestDb::new(b).await;
+    let raw = clean_start(&fake, &db);
+    let config = db.dir().join("posture.toml");
+    std::fs::write(&config, toml::to_string(&raw).unwrap()).unwrap();
+    let run = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_twokey"));
+        c.args(["posture", "--config"]).arg(&config);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stdout, stderr) = run(true);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(code, Some(0), "nothing red yet:\n{stdout}");
+    assert_eq!(report["guards"].as_array().unwrap().len(), 1);
+
+    fake.link(&single_vault(), None);
+    let (code, stdout, stderr) = run(false);
+    assert_eq!(
+        code,
+        Some(1),
+        "an unlinked vault is red:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("MUA is off for vault rsv-prod-weu"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("changed since the last report"), "{stdout}");
+    let store = twokey::store::Store::connect(&db.url, 1).await.unwrap();
+    let changes = store
+        .query_pairs_for_tests(
+            "select action, cast(count(*) as text) from audit_event \
+             where action = 'posture.changed' group by action",
+        )
+        .await;
+    assert_eq!(
+        changes,
+        vec![("posture.changed".to_string(), "2".to_string())]
+    );
+    store.close().await;
     assert_spec_clean(&fake);
 }
