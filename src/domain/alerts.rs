@@ -33,6 +33,7 @@ pub const EVENT_FILTERS: &[&str] = &[
     "token_rejected",
     "alert.received",
     "alert.raised",
+    "posture.changed",
 ];
 
 /// The suspicious-activity rules (`alert.raised` events carry one as `details.rule`).

@@ -313,6 +313,53 @@ impl Service {
             })
             .await?;
         }
+        // The guard's webhooks that take `posture.changed` hear of it too.
+        let mut facts: Vec<(String, String)> = Vec::new();
+        facts.extend(change.added.iter().map(|f| {
+            (
+                format!("new ({})", f.severity.as_str()),
+                format!("{} — fix: {}", f.title, f.fix),
+            )
+        }));
+        facts.extend(
+            change
+                .removed
+                .iter()
+                .map(|f| ("gone".to_string(), f.title.clone())),
+        );
+        facts.extend(change.changed.iter().map(|(o, n)| {
+            (
+                format!("{} → {}", o.severity.as_str(), n.severity.as_str()),
+                n.title.clone(),
+            )
+        }));
+        let event = crate::notify::webhook::WebhookEvent {
+            event: "posture.changed".into(),
+            at: timefmt::fmt(now),
+            guards: vec![g.name.clone()],
+            request_id: None,
+            subject: format!(
+                "[twokey] posture of {} changed: {} new, {} gone, {} red",
+                g.name,
+                change.added.len(),
+                change.removed.len(),
+                red_added
+            ),
+            headline: format!("The posture of guard {} changed", g.name),
+            text: "Who can go around multi-user authorization, or how a vault is protected, is not what it was at the last report.".into(),
+            warning: (red_added > 0).then(|| {
+                format!("{red_added} new red finding(s): MUA can be bypassed until they are fixed.")
+            }),
+            facts,
+            link: Some(format!("{}/posture", self.public_base())),
+        };
+        self.queue_webhooks(
+            &mut tx,
+            Some(&[g.name.as_str()]),
+            &event,
+            &format!("posture:{run}"),
+        )
+        .await?;
         tx.commit().await?;
         self.wake.notify_one();
         Ok(Some(change))

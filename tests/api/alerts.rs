@@ -309,13 +309,13 @@ type Call = (String, reqwest::header::HeaderMap, Vec<u8>);
 
 /// A local webhook receiver: records each call, and fails the first `fail` calls to `/json`.
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     calls: Arc<Mutex<Vec<Call>>>,
     fail: Arc<Mutex<usize>>,
 }
 
 impl Receiver {
-    async fn start(fail: usize) -> (Self, String) {
+    pub(crate) async fn start(fail: usize) -> (Self, String) {
         use axum::extract::{Path, State};
         let r = Self::default();
         *r.fail.lock().unwrap() = fail;
@@ -351,7 +351,7 @@ impl Receiver {
         (r, base)
     }
 
-    fn calls(&self, kind: &str) -> Vec<(reqwest::header::HeaderMap, Value)> {
+    pub(crate) fn calls(&self, kind: &str) -> Vec<(reqwest::header::HeaderMap, Value)> {
         self.calls
             .lock()
             .unwrap()

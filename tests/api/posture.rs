@@ -24,6 +24,7 @@ both_backends!(
     a_read_that_fails_keeps_the_last_findings_and_says_so,
     the_posture_page_is_for_auditors_and_its_button_queues_one_run,
     the_posture_command_prints_the_report_and_fails_while_anything_is_red,
+    a_posture_change_reaches_the_guards_webhooks_once,
 );
 
 const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
@@ -615,4 +616,43 @@ async fn the_posture_command_prints_the_report_and_fails_while_anything_is_red(b
     );
     store.close().await;
     assert_spec_clean(&fake);
+}
+
+/// A change goes to the guard's webhooks that take `posture.changed` (through the jobs table,
+/// like mail); a run without change sends nothing.
+async fn a_posture_change_reaches_the_guards_webhooks_once(b: Backend) {
+    let fake = FakeArm::start().await;
+    let (rx, base) = crate::alerts::Receiver::start(0).await;
+    let db = TestDb::new(b).await;
+    let mut raw = clean_start(&fake, &db);
+    raw.alerts.allow_http_loopback = Some(true);
+    raw.webhooks = vec![twokey::config::RawWebhook {
+        name: "siem".into(),
+        kind: "json".into(),
+        url: Some(format!("{base}/json/T0KEN-siem")),
+        url_file: None,
+        secret: Some("whsec_0123456789abcdef0123456789abcdef".into()),
+        secret_file: None,
+        events: Some(vec!["posture.changed".into()]),
+    }];
+    raw.guards[0].webhooks = vec!["siem".into()];
+    let app = TestApp::spawn_on(db, raw, Arc::new(ManualClock::new(start_time()))).await;
+    app.svc.run_posture("test").await.unwrap(); // the first report
+    app.settle().await;
+    assert_eq!(rx.calls("json").len(), 1, "the first report");
+    fake.link(&single_vault(), None);
+    app.svc.run_posture("test").await.unwrap();
+    app.settle().await;
+    let calls = rx.calls("json");
+    assert_eq!(calls.len(), 2);
+    let body = &calls[1].1;
+    assert_eq!(body["event"], "posture.changed", "{body}");
+    assert!(
+        body.to_string()
+            .contains("MUA is off for vault rsv-prod-weu"),
+        "{body}"
+    );
+    app.svc.run_posture("test").await.unwrap();
+    app.settle().await;
+    assert_eq!(rx.calls("json").len(), 2, "no change, no call");
 }
