@@ -103,8 +103,7 @@ fn ready_once(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
-    if s
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -133,9 +132,10 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_twokey"))
             .args(["serve", "--config"])
             .arg(cfg)
+            // The default log level, written nowhere: logging is part of the cost.
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn twokey serve");
         loop {
@@ -356,14 +356,16 @@ const REQUEST_COLS: &str = "request_id, guard, policy_hash, vault_id, operation,
     duration_minutes, required_approvals, state, created_at, deadline";
 const AUDIT_COLS: &str = "seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
     actor_user_agent, request_id, details, prev_hash, hash";
-const JOB_COLS: &str =
-    "job_id, kind, request_id, payload, dedupe_key, state, attempts, max_attempts, run_at, created_at";
+const JOB_COLS: &str = "job_id, kind, request_id, payload, dedupe_key, state, attempts, max_attempts, run_at, created_at";
 
 fn text_row(row: &sqlx::any::AnyRow, n: usize) -> Vec<Option<String>> {
     (0..n)
         .map(|i| {
             row.try_get::<Option<String>, _>(i)
-                .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| v.map(|v| v.to_string())))
+                .or_else(|_| {
+                    row.try_get::<Option<i64>, _>(i)
+                        .map(|v| v.map(|v| v.to_string()))
+                })
                 .unwrap()
         })
         .collect()
@@ -403,7 +405,10 @@ async fn template(pool: &AnyPool, id: &str) -> Template {
 }
 
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn bind_all<'q>(
@@ -454,10 +459,14 @@ async fn plain_loop(url: &str, t: &Template, n: usize) -> f64 {
             .unwrap();
         let mut r = t.request.clone();
         r[0] = Some(id.clone());
-        bind_all(sqlx::query(sqlx::AssertSqlSafe(ins_req.clone())), &r, &[11, 12])
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        bind_all(
+            sqlx::query(sqlx::AssertSqlSafe(ins_req.clone())),
+            &r,
+            &[11, 12],
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         seq += 1;
         let next = format!("{:064x}", seq);
         let mut a = t.audit.clone();
@@ -465,10 +474,14 @@ async fn plain_loop(url: &str, t: &Template, n: usize) -> f64 {
         a[8] = Some(id.clone());
         a[10] = Some(std::mem::replace(&mut hash, next.clone()));
         a[11] = Some(next);
-        bind_all(sqlx::query(sqlx::AssertSqlSafe(ins_audit.clone())), &a, &[0])
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        bind_all(
+            sqlx::query(sqlx::AssertSqlSafe(ins_audit.clone())),
+            &a,
+            &[0],
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
             .bind(seq)
             .bind(hash.clone())
@@ -484,10 +497,14 @@ async fn plain_loop(url: &str, t: &Template, n: usize) -> f64 {
             j[5] = Some("queued".into());
             j[6] = Some("0".into());
             j[8] = Some(far_future.clone());
-            bind_all(sqlx::query(sqlx::AssertSqlSafe(ins_job.clone())), &j, &[6, 7])
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            bind_all(
+                sqlx::query(sqlx::AssertSqlSafe(ins_job.clone())),
+                &j,
+                &[6, 7],
+            )
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         }
         tx.commit().await.unwrap();
     }
@@ -708,7 +725,10 @@ async fn run(n: usize) {
         postgres.loop_rate
     );
     for (name, f) in [
-        ("decision p50 (ms)", (|l: &Latencies| l.p50) as fn(&Latencies) -> f64),
+        (
+            "decision p50 (ms)",
+            (|l: &Latencies| l.p50) as fn(&Latencies) -> f64,
+        ),
         ("decision p99 (ms)", |l| l.p99),
         ("decision max (ms)", |l| l.max),
     ] {
