@@ -32,6 +32,8 @@ use sqlx::{AnyPool, Executor, Row};
 const REQUESTERS: usize = 16;
 const APPROVE_CLIENTS: usize = 100;
 const APPROVE_ROUNDS: usize = 10;
+/// Decisions made one at a time by a single client, for comparison.
+const SERIAL_DECISIONS: usize = 50;
 const OPERATION: &str = "rsv.stop_protection_retain_data";
 
 fn main() {
@@ -44,9 +46,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     assert!(
-        n >= APPROVE_CLIENTS * APPROVE_ROUNDS,
+        n >= APPROVE_CLIENTS * APPROVE_ROUNDS + SERIAL_DECISIONS,
         "TWOKEY_BENCH_REQUESTS must be at least {}",
-        APPROVE_CLIENTS * APPROVE_ROUNDS
+        APPROVE_CLIENTS * APPROVE_ROUNDS + SERIAL_DECISIONS
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -527,7 +529,8 @@ struct Latencies {
 
 /// `APPROVE_ROUNDS` rounds: in each, 100 approver sessions decide 100 different pending
 /// requests at the same moment. Latencies in ms.
-async fn approve(base: &str, ids: &[String]) -> Latencies {
+/// Then `SERIAL_DECISIONS` more, one at a time from one client.
+async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies) {
     let mut clients = Vec::new();
     for i in 0..APPROVE_CLIENTS {
         let who = if i % 2 == 0 {
@@ -566,6 +569,23 @@ async fn approve(base: &str, ids: &[String]) -> Latencies {
             all.push(t.await.unwrap());
         }
     }
+    let mut serial = Vec::new();
+    let first = APPROVE_CLIENTS * APPROVE_ROUNDS;
+    for id in &ids[first..first + SERIAL_DECISIONS] {
+        let t0 = Instant::now();
+        let (s, body) = clients[0]
+            .post(
+                &format!("/api/v1/requests/{id}/decision"),
+                &json!({ "decision": "approve", "comment": "checked the ticket" }),
+            )
+            .await;
+        serial.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(s, 200, "decide {id}: {body}");
+    }
+    (percentiles(all), percentiles(serial))
+}
+
+fn percentiles(mut all: Vec<f64>) -> Latencies {
     all.sort_by(f64::total_cmp);
     let at = |q: f64| all[((all.len() as f64 * q).ceil() as usize).clamp(1, all.len()) - 1];
     Latencies {
@@ -580,6 +600,7 @@ struct Load {
     post_rate: f64,
     loop_rate: f64,
     decide: Latencies,
+    serial: Latencies,
 }
 
 /// The load phases on a running server: POST rate, the plain loop, the decisions.
@@ -593,13 +614,14 @@ async fn load(server: &Server, url: &str, n: usize) -> Load {
     let loop_rate = plain_loop(url, &t, n).await;
     let pool = open_pool(url).await;
     drain_jobs(&pool).await;
-    let decide = approve(&server.base(), &ids).await;
+    let (decide, serial) = approve(&server.base(), &ids).await;
     drain_jobs(&pool).await;
     pool.close().await;
     Load {
         post_rate,
         loop_rate,
         decide,
+        serial,
     }
 }
 
@@ -643,7 +665,7 @@ async fn run(n: usize) {
         }
     });
     let warm = start_median(&cfg, port, || {});
-    let (server, ready) = Server::start(&cfg, port);
+    let (server, _) = Server::start(&cfg, port);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = server.rss_kib();
     let sqlite = load(&server, &sqlite_url, n).await;
@@ -739,7 +761,16 @@ async fn run(n: usize) {
             f(&postgres.decide)
         );
     }
-    let _ = ready;
+    println!(
+        "  {:<58} {:>10.1} {:>10.1}",
+        format!("decision p50, one at a time from one client (ms, {SERIAL_DECISIONS})"),
+        sqlite.serial.p50,
+        postgres.serial.p50
+    );
+    println!(
+        "  {:<58} {:>10.1} {:>10.1}",
+        "decision max, one at a time (ms)", sqlite.serial.max, postgres.serial.max
+    );
     println!("\nagainst the limits:");
     println!(
         "  start to ready (SQLite, migrated)  {:>7.0} ms of 150 ms         {}",
