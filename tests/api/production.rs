@@ -440,7 +440,7 @@ async fn two_replicas_share_the_work_and_one_finishes_what_a_killed_one_held() {
             )
             .await;
         polls += 1;
-        if polls % 200 == 0 {
+        if polls.is_multiple_of(200) {
             eprintln!("still waiting for every grant: {active:?}");
         }
         (active == vec![("active".to_string(), N.to_string())]).then_some(())
