@@ -10,6 +10,7 @@ use std::time::Duration as StdDuration;
 
 use time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::service::jobs_api::JobFailure;
 use crate::service::{Service, ServiceResult, backoff};
@@ -45,8 +46,16 @@ impl Worker {
         else {
             return Ok(false);
         };
+        // The span is attached to the future, not entered on the thread: an entered guard held
+        // across `.await` would leak into whatever else runs on the thread (the other lanes),
+        // and every log line would carry the spans of unrelated jobs.
         let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempts);
-        let _g = span.enter();
+        self.finish(job).instrument(span).await?;
+        Ok(true)
+    }
+
+    /// Run a claimed job and record its outcome.
+    async fn finish(&self, job: crate::store::JobRow) -> ServiceResult<()> {
         match self.svc.run_job(&job, &self.owner).await {
             Ok(true) => {
                 crate::metrics::job_attempt(&job.kind, "done");
@@ -96,7 +105,7 @@ impl Worker {
                 self.svc.fail_job_for_good(&job, &self.owner, &e).await?;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Run due jobs until none is left, `jobs.concurrency` at a time (claims are atomic, so

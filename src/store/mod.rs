@@ -110,6 +110,11 @@ impl Store {
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA busy_timeout = 30000").await?;
+                        // 512 KiB of page cache per connection instead of SQLite's 2 MiB: with
+                        // `database.max_connections` connections that is what stays resident
+                        // once the file outgrows it (the footprint bench: idle RSS). Reads are
+                        // indexed lookups; a page not cached comes from the OS page cache.
+                        conn.execute("PRAGMA cache_size = -512").await?;
                     }
                     Ok(())
                 })
