@@ -194,9 +194,13 @@ impl App {
                     .into_future(),
             )
         });
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
+        let stop_tx = Arc::new(stop_tx);
+        tokio::spawn({
+            let stop_tx = stop_tx.clone();
+            async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            }
         });
 
         // Serve until told to stop (or until the server fails).
@@ -205,6 +209,8 @@ impl App {
             r = &mut server => served = Some(r.context("server task")?),
             _ = stopped(stop_rx.clone()) => {}
         }
+        // A server that ended on its own (an accept error) stops the worker too.
+        let _ = stop_tx.send(true);
         let svc = self.state.svc.clone();
         let drain = async {
             let r = match served.take() {
