@@ -376,18 +376,7 @@ pub fn posture_model(svc: &Service, payload: &MailPayload) -> MailModel {
 
 /// Render a posture mail.
 pub fn render_posture(svc: &Service, payload: &MailPayload) -> Result<Mail, JobFailure> {
-    let m = posture_model(svc, payload);
-    let html = HtmlMail { m: &m }
-        .render()
-        .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;
-    let text = TextMail { m: &m }
-        .render()
-        .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;
-    Ok(Mail {
-        subject: m.subject,
-        text,
-        html,
-    })
+    render_model(posture_model(svc, payload))
 }
 
 /// Render the model into text and HTML.
@@ -397,7 +386,11 @@ pub fn render(
     req: Option<&RequestRow>,
     link: Option<&str>,
 ) -> Result<Mail, JobFailure> {
-    let m = model(svc, payload, req, link)?;
+    render_model(model(svc, payload, req, link)?)
+}
+
+/// A mail's model as text and HTML.
+fn render_model(m: MailModel) -> Result<Mail, JobFailure> {
     let html = HtmlMail { m: &m }
         .render()
         .map_err(|e| JobFailure::Permanent(format!("template: {e}")))?;

@@ -165,18 +165,9 @@ async fn a_broker_killed_mid_grant_and_mid_window_grants_once_and_revokes_on_res
     let fake = FakeArm::start().await;
     let db = TestDb::new(b).await;
     let port = free_port();
-    let mut raw = test_config(&db.dir(), &db.url);
-    azure_config(&mut raw, &fake, "azure-pim");
-    raw.server.bind = Some(format!("127.0.0.1:{port}"));
-    raw.server.public_url = Some(format!("http://127.0.0.1:{port}"));
-    raw.jobs.enabled = Some(true);
-    raw.jobs.lease = Some("3s".into());
-    raw.jobs.poll_interval = Some("200ms".into());
-    raw.jobs.sweep_interval = Some("1s".into());
-    raw.azure.timeout = Some("60s".into());
-    raw.azure.reconcile_interval = Some("2s".into());
-    let config = db.dir().join("twokey.toml");
-    std::fs::write(&config, toml::to_string(&raw).unwrap()).unwrap();
+    let config = crate::production::write_config(&db, &fake, port, "twokey.toml", |raw| {
+        raw.azure.reconcile_interval = Some("2s".into());
+    });
     let log = db.dir().join("twokey.log");
     let store = Store::connect(&db.url, 2).await.unwrap();
     let bin = binary_copy(&db.dir());

@@ -22,7 +22,7 @@ use twokey::store::Store;
 use twokey::timefmt;
 
 /// A broker config on `port` against the fake ARM (azure-pim), fast job timings.
-fn write_config(
+pub(crate) fn write_config(
     db: &TestDb,
     fake: &FakeArm,
     port: u16,
