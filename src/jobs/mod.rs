@@ -65,10 +65,19 @@ impl Worker {
                 crate::metrics::job_attempt(&job.kind, "lease_lost");
                 tracing::warn!("job lease lost; another worker owns it")
             }
-            Err(JobFailure::Retry(e)) if job.attempts < job.max_attempts => {
-                let run_at = self.svc.now() + backoff(job.attempts);
-                crate::metrics::job_attempt(&job.kind, "retry");
-                tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job failed; will retry");
+            Err(failure @ (JobFailure::Retry(_) | JobFailure::RetryAt(..)))
+                if job.attempts < job.max_attempts =>
+            {
+                let now = self.svc.now();
+                let (run_at, outcome, e) = match failure {
+                    JobFailure::RetryAt(at, e) => {
+                        (at.max(now + Duration::seconds(1)), "deferred", e)
+                    }
+                    JobFailure::Retry(e) => (now + backoff(job.attempts), "retry", e),
+                    JobFailure::Permanent(_) => unreachable!("only retries reach this arm"),
+                };
+                crate::metrics::job_attempt(&job.kind, outcome);
+                tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), outcome, "job will run again");
                 self.svc
                     .store
                     .retry_job(
@@ -77,23 +86,7 @@ impl Worker {
                         &timefmt::fmt(run_at),
                         &e,
                         false,
-                        &timefmt::fmt(self.svc.now()),
-                    )
-                    .await?;
-            }
-            Err(JobFailure::RetryAt(at, e)) if job.attempts < job.max_attempts => {
-                let run_at = at.max(self.svc.now() + Duration::seconds(1));
-                crate::metrics::job_attempt(&job.kind, "deferred");
-                tracing::warn!(error = %e, retry_at = %timefmt::fmt(run_at), "job deferred");
-                self.svc
-                    .store
-                    .retry_job(
-                        &job,
-                        &self.owner,
-                        &timefmt::fmt(run_at),
-                        &e,
-                        false,
-                        &timefmt::fmt(self.svc.now()),
+                        &timefmt::fmt(now),
                     )
                     .await?;
             }
