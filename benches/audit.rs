@@ -14,6 +14,8 @@
 //! Needs `psql` and `sqlite3` on PATH (Debian: postgresql-client, sqlite3). Under `cargo test`
 //! (no `--bench` argument) it only says how to run it.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -181,24 +183,6 @@ impl Gen {
     }
 }
 
-/// Drops the bench's PostgreSQL database at the end, also on a panic.
-struct PgDb {
-    admin: String,
-    name: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&self.admin, "-X", "-q", "-c"])
-            .arg(format!(
-                "drop database if exists {} with (force)",
-                self.name
-            ))
-            .status();
-    }
-}
-
 struct Run {
     secs: f64,
     peak_kib: u64,
@@ -275,32 +259,13 @@ fn write_config(dir: &Path, name: &str, url: &str) -> std::path::PathBuf {
     p
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "ok" } else { "OVER THE LIMIT" }
-}
-
 async fn run(n: i64) {
     let bin = env!("CARGO_BIN_EXE_twokey");
     let dir = tempfile::tempdir().unwrap();
     let sqlite_path = dir.path().join("bench.db");
     let sqlite_url = format!("sqlite://{}", sqlite_path.display());
-    let admin = std::env::var("TWOKEY_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let pg = PgDb {
-        admin: admin.clone(),
-        name: format!("twokey_bench_{}", uuid::Uuid::new_v4().simple()),
-    };
-    let admin_store = Store::connect(&admin, 1)
-        .await
-        .expect("PostgreSQL for the bench");
-    admin_store
-        .execute_raw_for_tests(&format!("create database {}", pg.name))
-        .await
-        .unwrap();
-    admin_store.close().await;
-    let mut pg_url = url::Url::parse(&admin).unwrap();
-    pg_url.set_path(&format!("/{}", pg.name));
-    let pg_url = pg_url.to_string();
+    let pg = common::PgDb::create().await;
+    let pg_url = pg.url.clone();
 
     // ---- seed -------------------------------------------------------------------------
     let t0 = Instant::now();
@@ -433,35 +398,28 @@ async fn run(n: i64) {
     println!("\nagainst the limits:");
     println!(
         "  export PostgreSQL  rate vs psql \\copy (columns)   {pg_ratio:>5.2}x   (limit >= 0.5x)  {}",
-        verdict(pg_ratio >= 0.5)
+        common::verdict(pg_ratio >= 0.5)
     );
     println!(
         "  export PostgreSQL  rate vs psql \\copy (json)      {pg_json_ratio:>5.2}x   (limit >= 0.5x)  {}",
-        verdict(pg_json_ratio >= 0.5)
+        common::verdict(pg_json_ratio >= 0.5)
     );
     println!(
         "  export SQLite      rate vs sqlite3 -json          {sq_ratio:>5.2}x   (limit >= 0.5x)  {}",
-        verdict(sq_ratio >= 0.5)
+        common::verdict(sq_ratio >= 0.5)
     );
     println!(
         "  export peak memory {:>6.1} MB of 64 MB             {:>5.2}    (limit <= 1)     {}",
         mb(peak),
         mb(peak) / 64.0,
-        verdict(mb(peak) <= 64.0)
+        common::verdict(mb(peak) <= 64.0)
     );
     println!(
         "  verify SQLite      {:>6.2} s of 3 s                {:>5.2}    (limit <= 1)     {}",
         verify_sqlite.secs,
         verify_sqlite.secs / 3.0 * (1_000_000.0 / n as f64),
-        verdict(verify_sqlite.secs * (1_000_000.0 / n as f64) <= 3.0)
+        common::verdict(verify_sqlite.secs * (1_000_000.0 / n as f64) <= 3.0)
     );
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "\nload average at the end (other work on the machine skews wall times): {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    common::print_load_average();
     drop(pg);
 }

@@ -17,6 +17,8 @@
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database, dropped
 //! afterwards). Under `cargo test` (no `--bench` argument) it only says how to run it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -625,28 +627,6 @@ async fn load(server: &Server, url: &str, n: usize) -> Load {
     }
 }
 
-/// Drops the bench's PostgreSQL database at the end, also on a panic.
-struct PgDb {
-    admin: String,
-    name: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&self.admin, "-X", "-q", "-c"])
-            .arg(format!(
-                "drop database if exists {} with (force)",
-                self.name
-            ))
-            .status();
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "ok" } else { "OVER THE LIMIT" }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -674,23 +654,8 @@ async fn run(n: usize) {
     server.stop();
 
     // ---- PostgreSQL ---------------------------------------------------------------------
-    let admin = std::env::var("TWOKEY_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let pg = PgDb {
-        admin: admin.clone(),
-        name: format!("twokey_bench_{}", uuid::Uuid::new_v4().simple()),
-    };
-    {
-        let admin_pool = open_pool(&admin).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("create database {}", pg.name)))
-            .execute(&admin_pool)
-            .await
-            .expect("PostgreSQL for the bench");
-        admin_pool.close().await;
-    }
-    let mut pg_url = url::Url::parse(&admin).unwrap();
-    pg_url.set_path(&format!("/{}", pg.name));
-    let pg_url = pg_url.to_string();
+    let pg = common::PgDb::create().await;
+    let pg_url = pg.url.clone();
     let pg_cfg = write_config(dir.path(), "pg.toml", &pg_url, port);
     let (server, _) = Server::start(&pg_cfg, port);
     server.stop();
@@ -775,46 +740,39 @@ async fn run(n: usize) {
     println!(
         "  start to ready (SQLite, migrated)  {:>7.0} ms of 150 ms         {}",
         ms(warm),
-        verdict(ms(warm) <= 150.0)
+        common::verdict(ms(warm) <= 150.0)
     );
     println!(
         "  start to ready (SQLite, cold)      {:>7.0} ms of 150 ms         {}",
         ms(cold),
-        verdict(ms(cold) <= 150.0)
+        common::verdict(ms(cold) <= 150.0)
     );
     let rss_max = rss_idle.max(rss_after);
     println!(
         "  idle RSS (SQLite, larger of two)   {:>7.1} MB of 25 MB          {}",
         mb(rss_max),
-        verdict(mb(rss_max) <= 25.0)
+        common::verdict(mb(rss_max) <= 25.0)
     );
     let pg_rss_max = pg_rss_idle.max(pg_rss_after);
     println!(
         "  idle RSS (PostgreSQL)              {:>7.1} MB of 25 MB          {}",
         mb(pg_rss_max),
-        verdict(mb(pg_rss_max) <= 25.0)
+        common::verdict(mb(pg_rss_max) <= 25.0)
     );
     for (name, l) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
         let ratio = l.post_rate / l.loop_rate;
         println!(
             "  POST rate vs plain loop ({name:<10}) {ratio:>6.2}x   (limit >= 0.5x)  {}",
-            verdict(ratio >= 0.5)
+            common::verdict(ratio >= 0.5)
         );
     }
     for (name, l) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
         println!(
             "  decision p99 at 100 ({name:<10})  {:>7.1} ms of 10 ms          {}",
             l.decide.p99,
-            verdict(l.decide.p99 <= 10.0)
+            common::verdict(l.decide.p99 <= 10.0)
         );
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "\nload average at the end (other work on the machine skews times): {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    common::print_load_average();
     drop(pg);
 }
