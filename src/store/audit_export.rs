@@ -88,16 +88,9 @@ type Sender = tokio::sync::mpsc::Sender<StoreResult<Vec<AuditRow>>>;
 /// in one read transaction (one snapshot), rows decoded straight into `AuditRow`s on a
 /// blocking thread. This is what makes a million events a second-scale walk: sqlx's SQLite
 /// driver hands rows one by one across threads (~30 µs a row), this reads ~1 µs a row.
-///
-/// SECURITY: the connection is opened read-only, so the export and verify paths cannot write
-/// to the audit log whatever the SQL says.
 fn sqlite_direct(path: PathBuf, sql: String, binds: Vec<String>, tx: Sender) {
     let read = || -> Result<(), rusqlite::Error> {
-        let conn = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(30))?;
+        let conn = open_read_only(&path)?;
         // One transaction: every page of this walk sees the same snapshot (WAL).
         conn.execute_batch("begin")?;
         // `$n` and `?n` both number parameters in SQLite; `?n` binds by that number.
@@ -134,6 +127,16 @@ fn sqlite_direct(path: PathBuf, sql: String, binds: Vec<String>, tx: Sender) {
     if let Err(e) = read() {
         let _ = tx.blocking_send(Err(StoreError::Direct(e.to_string())));
     }
+}
+
+/// SECURITY: bulk reads of the audit log cannot write to it, whatever their SQL says.
+fn open_read_only(path: &std::path::Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
 }
 
 /// PostgreSQL: one `COPY (select …) TO STDOUT` on a connection of its own (one statement, one
@@ -463,6 +466,25 @@ mod tests {
             " where a = convert_from(decode('7827293b2064726f70207461626c6520743b202d2d', 'hex'), 'UTF8')"
         );
         assert!(AuditQuery::default().is_everything());
+    }
+
+    #[test]
+    fn the_bulk_reader_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "create table audit_event (seq integer); insert into audit_event values (1)",
+            )
+            .unwrap();
+        let conn = open_read_only(&path).unwrap();
+        let n: i64 = conn
+            .query_row("select count(*) from audit_event", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(conn.execute("delete from audit_event", []).is_err());
+        assert!(conn.execute_batch("drop table audit_event").is_err());
     }
 
     #[test]
