@@ -133,15 +133,27 @@ impl Server {
     /// from spawn to the first 200.
     fn start(cfg: &Path, port: u16) -> (Server, Duration) {
         let t0 = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_twokey"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_twokey"));
+        cmd.args(["serve", "--config"])
             .arg(cfg)
+            .stdout(Stdio::null());
+        // For finding where time goes: `TWOKEY_BENCH_SERVER_LOG=FILE` appends the server's
+        // log at `RUST_LOG` (its cost then skews the figures).
+        match std::env::var_os("TWOKEY_BENCH_SERVER_LOG") {
+            Some(file) => {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .expect("open TWOKEY_BENCH_SERVER_LOG");
+                cmd.stderr(log);
+            }
             // The default log level, written nowhere: logging is part of the cost.
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn twokey serve");
+            None => {
+                cmd.env("RUST_LOG", "info").stderr(Stdio::null());
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn twokey serve");
         loop {
             if ready_once(port) {
                 return (Server { child, port }, t0.elapsed());
@@ -154,9 +166,18 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        self.status_kib("/status", "VmRSS:")
+    }
+
+    /// The anonymous part of the RSS (heap, stacks), the rest being mapped files (the binary).
+    fn anon_kib(&self) -> u64 {
+        self.status_kib("/smaps_rollup", "Anonymous:")
+    }
+
+    fn status_kib(&self, file: &str, key: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}{file}", self.child.id())).unwrap();
         s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
+            .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap()
@@ -648,9 +669,11 @@ async fn run(n: usize) {
     let (server, _) = Server::start(&cfg, port);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = server.rss_kib();
+    let anon_idle = server.anon_kib();
     let sqlite = load(&server, &sqlite_url, n).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = server.rss_kib();
+    let anon_after = server.anon_kib();
     server.stop();
 
     // ---- PostgreSQL ---------------------------------------------------------------------
@@ -663,9 +686,11 @@ async fn run(n: usize) {
     let (server, _) = Server::start(&pg_cfg, port);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pg_rss_idle = server.rss_kib();
+    let pg_anon_idle = server.anon_kib();
     let postgres = load(&server, &pg_url, n).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pg_rss_after = server.rss_kib();
+    let pg_anon_after = server.anon_kib();
     server.stop();
 
     // ---- report -----------------------------------------------------------------------
@@ -700,6 +725,12 @@ async fn run(n: usize) {
         "idle RSS 2 s after the load (MB)",
         mb(rss_after),
         mb(pg_rss_after)
+    );
+    println!(
+        "  {:<58} {:>10} {:>10}",
+        "…of which anonymous (heap, stacks), idle / after (MB)",
+        format!("{:.1}/{:.1}", mb(anon_idle), mb(anon_after)),
+        format!("{:.1}/{:.1}", mb(pg_anon_idle), mb(pg_anon_after))
     );
     println!(
         "  {:<58} {:>10.0} {:>10.0}",

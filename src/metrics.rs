@@ -81,6 +81,10 @@ fn describe() {
         "twokey_grant_activation_wait_seconds",
         "Time from approval to the role being active."
     );
+    describe_histogram!(
+        "twokey_db_commit_group_size",
+        "Writing transactions per database commit (group commit), by outcome."
+    );
 }
 
 /// Start the histogram upkeep (once per process; cheap).
@@ -103,6 +107,12 @@ pub fn audit_committed(actions: &[String]) {
     for a in actions {
         metrics::counter!("twokey_audit_events_total", "action" => a.clone()).increment(1);
     }
+}
+
+/// One database commit of a group of `members` writing transactions.
+pub fn group_committed(members: usize, ok: bool) {
+    metrics::histogram!("twokey_db_commit_group_size", "outcome" => if ok { "committed" } else { "failed" })
+        .record(members as f64);
 }
 
 /// One answered HTTP request. `route` is the matched route template (never the path: review

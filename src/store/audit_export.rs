@@ -426,12 +426,12 @@ impl Store {
                     .bind(e.prev_hash.clone())
                     .bind(e.hash.clone());
             }
-            q.execute(&mut *tx.inner).await?;
+            q.execute(tx.member.conn()).await?;
         }
         sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
             .bind(last.seq)
             .bind(&last.hash)
-            .execute(&mut *tx.inner)
+            .execute(tx.member.conn())
             .await?;
         tx.commit().await
     }

@@ -4,6 +4,7 @@
 //! the audit chain's head row (see [`Store::begin`]), which serializes writers on both backends.
 
 mod audit_export;
+mod group_commit;
 mod rows;
 
 use std::str::FromStr;
@@ -13,7 +14,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::ConnectOptions as _;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, AssertSqlSafe, Executor};
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
 
 pub use audit_export::AuditQuery;
 pub use rows::*;
@@ -32,6 +33,10 @@ pub enum StoreError {
     /// From a direct (non-sqlx) SQLite read, see `audit_export`.
     #[error("database error: {0}")]
     Direct(String),
+    /// The shared commit of a transaction group failed (see `group_commit`): nothing of this
+    /// transaction was committed.
+    #[error("database error: the commit failed: {0}")]
+    GroupCommit(std::sync::Arc<str>),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -54,6 +59,8 @@ pub struct Store {
     /// The PostgreSQL URL, for bulk audit reads with `COPY` on a connection of their own.
     /// SECURITY: may hold a password; never logged or shown.
     postgres_url: Option<std::sync::Arc<str>>,
+    /// This process's writer slot (see `group_commit`).
+    group: std::sync::Arc<group_commit::GroupCommit>,
 }
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -61,7 +68,8 @@ static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 
 /// A writing transaction. Dropped without `commit`, it rolls back.
 pub struct Tx {
-    inner: sqlx::Transaction<'static, Any>,
+    member: group_commit::Member,
+    group: std::sync::Arc<group_commit::GroupCommit>,
     backend: Backend,
     /// Actions of the audit events written in this transaction, counted in the metrics once
     /// it commits.
@@ -126,6 +134,7 @@ impl Store {
             backend,
             sqlite_file,
             postgres_url: (backend == Backend::Postgres).then(|| url.as_str().into()),
+            group: group_commit::GroupCommit::new(),
         })
     }
 
@@ -173,16 +182,38 @@ impl Store {
     /// serializes every writer (so two approvals of a 2-of-M request cannot both miss each
     /// other, and the hash chain has one order); on SQLite a first statement that writes takes
     /// the database's write lock, with the busy timeout as the wait.
+    ///
+    /// Writers that arrive while another one runs share its database transaction and commit
+    /// (group commit, see `group_commit`); each still commits or rolls back on its own.
     pub async fn begin(&self) -> StoreResult<Tx> {
-        let mut inner = self.pool.begin().await?;
-        sqlx::query("update audit_head set seq = seq where id = 1")
-            .execute(&mut *inner)
+        let member = self
+            .group
+            .begin(|| async {
+                let mut inner = self.pool.begin().await?;
+                sqlx::query("update audit_head set seq = seq where id = 1")
+                    .execute(&mut *inner)
+                    .await?;
+                Ok(inner)
+            })
             .await?;
         Ok(Tx {
-            inner,
+            member,
+            group: self.group.clone(),
             backend: self.backend,
             audited: Vec::new(),
         })
+    }
+
+    /// Group commit since start: (database commits of writing transactions, writing
+    /// transactions they held).
+    pub fn commit_stats(&self) -> (u64, u64) {
+        self.group.stats()
+    }
+
+    /// Writers waiting to begin now (for tests that need a queue to form).
+    #[doc(hidden)]
+    pub fn writers_queued(&self) -> usize {
+        self.group.queued()
     }
 
     /// For `/metrics`: requests by state, and unfinished or failed jobs by kind and state.
@@ -798,8 +829,17 @@ impl Tx {
         self.backend
     }
 
+    /// Run one statement of the caller's inside this transaction (tests only).
+    #[doc(hidden)]
+    pub async fn execute_raw_for_tests(&mut self, sql: &str) -> StoreResult<u64> {
+        Ok(sqlx::query(AssertSqlSafe(sql.to_string()))
+            .execute(self.member.conn())
+            .await?
+            .rows_affected())
+    }
+
     pub async fn commit(self) -> StoreResult<()> {
-        self.inner.commit().await?;
+        self.group.commit(self.member).await?;
         crate::metrics::audit_committed(&self.audited);
         Ok(())
     }
@@ -807,14 +847,14 @@ impl Tx {
     pub async fn get_request(&mut self, id: &str) -> StoreResult<Option<RequestRow>> {
         Ok(sqlx::query_as(SELECT_REQUEST_BY_ID)
             .bind(id)
-            .fetch_optional(&mut *self.inner)
+            .fetch_optional(self.member.conn())
             .await?)
     }
 
     pub async fn decisions_for(&mut self, request_id: &str) -> StoreResult<Vec<DecisionRow>> {
         Ok(sqlx::query_as(SELECT_DECISIONS)
             .bind(request_id)
-            .fetch_all(&mut *self.inner)
+            .fetch_all(self.member.conn())
             .await?)
     }
 
@@ -841,7 +881,7 @@ impl Tx {
         .bind(&r.state)
         .bind(&r.created_at)
         .bind(&r.deadline)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(())
     }
@@ -865,7 +905,7 @@ impl Tx {
         .bind(&d.matched)
         .bind(&d.channel)
         .bind(&d.at)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -898,7 +938,7 @@ impl Tx {
         .bind(&set.failure_message)
         .bind(id)
         .bind(from)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -910,7 +950,7 @@ impl Tx {
         )
         .bind(message)
         .bind(id)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(())
     }
@@ -931,7 +971,7 @@ impl Tx {
         .bind(by)
         .bind(reason)
         .bind(id)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -951,7 +991,7 @@ impl Tx {
         .bind(j.max_attempts)
         .bind(&j.run_at)
         .bind(&j.created_at)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -963,7 +1003,7 @@ impl Tx {
         )
         .bind(run_at)
         .bind(dedupe_key)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -979,7 +1019,7 @@ impl Tx {
         .bind(&j.job_id)
         .bind(owner)
         .bind(j.attempts)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1001,7 +1041,7 @@ impl Tx {
         .bind(&j.job_id)
         .bind(owner)
         .bind(j.attempts)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1017,7 +1057,7 @@ impl Tx {
         .bind(&t.kid)
         .bind(&t.issued_at)
         .bind(&t.expires_at)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(())
     }
@@ -1028,7 +1068,7 @@ impl Tx {
             sqlx::query("update review_token set used_at = $1 where jti = $2 and used_at is null")
                 .bind(now)
                 .bind(jti)
-                .execute(&mut *self.inner)
+                .execute(self.member.conn())
                 .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1047,7 +1087,7 @@ impl Tx {
         .bind(&n.path)
         .bind(&n.body)
         .bind(&n.sent_at)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1069,7 +1109,7 @@ impl Tx {
         .bind(&g.active_until)
         .bind(&g.ended_at)
         .bind(&g.detail)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1093,7 +1133,7 @@ impl Tx {
         .bind(&set.detail)
         .bind(request_id)
         .bind(from)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1109,7 +1149,7 @@ impl Tx {
         .bind(&c.step)
         .bind(&c.body)
         .bind(&c.at)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1127,7 +1167,7 @@ impl Tx {
         .bind(guard)
         .bind(hash)
         .bind(now)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(())
     }
@@ -1149,7 +1189,7 @@ impl Tx {
         .bind(&a.vault_id)
         .bind(&a.guards)
         .bind(&a.received_at)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -1175,7 +1215,7 @@ impl Tx {
             .bind(action)
             .bind(since),
         };
-        Ok(q.fetch_one(&mut *self.inner).await?)
+        Ok(q.fetch_one(self.member.conn()).await?)
     }
 
     /// Whether a fired alert of `kind` about `vault_id` (lower case) arrived since `since`.
@@ -1192,7 +1232,7 @@ impl Tx {
         .bind(vault_id)
         .bind(kind)
         .bind(since)
-        .fetch_one(&mut *self.inner)
+        .fetch_one(self.member.conn())
         .await?;
         Ok(n > 0)
     }
@@ -1208,7 +1248,7 @@ impl Tx {
         )
         .bind(requester_id)
         .bind(since)
-        .fetch_one(&mut *self.inner)
+        .fetch_one(self.member.conn())
         .await?)
     }
 
@@ -1218,7 +1258,7 @@ impl Tx {
             "select guard, run_at, report, names_resolved, names_note from posture_report where guard = $1",
         )
         .bind(guard)
-        .fetch_optional(&mut *self.inner)
+        .fetch_optional(self.member.conn())
         .await?)
     }
 
@@ -1233,7 +1273,7 @@ impl Tx {
         .bind(&r.report)
         .bind(r.names_resolved)
         .bind(&r.names_note)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         Ok(())
     }
@@ -1244,7 +1284,7 @@ impl Tx {
     pub async fn audit_head(&mut self) -> StoreResult<(i64, String)> {
         Ok(
             sqlx::query_as("select seq, hash from audit_head where id = 1")
-                .fetch_one(&mut *self.inner)
+                .fetch_one(self.member.conn())
                 .await?,
         )
     }
@@ -1269,12 +1309,12 @@ impl Tx {
         .bind(&e.details)
         .bind(&e.prev_hash)
         .bind(&e.hash)
-        .execute(&mut *self.inner)
+        .execute(self.member.conn())
         .await?;
         sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
             .bind(e.seq)
             .bind(&e.hash)
-            .execute(&mut *self.inner)
+            .execute(self.member.conn())
             .await?;
         Ok(())
     }

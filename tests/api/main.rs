@@ -7,6 +7,7 @@ mod azure;
 mod azure_crash;
 mod cli;
 mod fake_arm;
+mod group_commit;
 mod helpers;
 mod hostile;
 mod jobs;

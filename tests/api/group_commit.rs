@@ -1,0 +1,169 @@
+//! Group commit (`src/store/group_commit.rs`): writers that queue while one runs share its
+//! database commit, and each still commits or rolls back on its own.
+
+use std::time::Duration;
+
+use serde_json::json;
+use twokey::audit::{self, Action, Actor, Outcome};
+use twokey::store::{NewJob, Store, StoreError};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+both_backends!(
+    queued_writers_share_a_commit_and_keep_their_own_fate,
+    a_failed_group_commit_fails_every_member_and_keeps_nothing,
+);
+
+async fn store_for(b: Backend) -> (TestDb, Store) {
+    let db = TestDb::new(b).await;
+    let store = Store::connect(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    (db, store)
+}
+
+fn job(key: &str) -> NewJob {
+    let now = twokey::timefmt::fmt(time::OffsetDateTime::now_utc());
+    NewJob {
+        job_id: uuid::Uuid::new_v4().to_string(),
+        kind: "test.group_commit".into(),
+        request_id: None,
+        payload: "{}".into(),
+        dedupe_key: Some(key.into()),
+        max_attempts: 1,
+        // Far in the future: no worker runs here anyway, but nothing is due.
+        run_at: "2999-01-01T00:00:00.000000Z".into(),
+        created_at: now,
+    }
+}
+
+async fn jobs_present(store: &Store) -> Vec<String> {
+    let mut keys: Vec<String> = store
+        .query_pairs_for_tests(
+            "select dedupe_key, state from job where kind = 'test.group_commit' order by dedupe_key",
+        )
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Wait (awaiting, not sleeping) until `n` writers are queued for the slot.
+async fn until_queued(store: &Store, n: usize) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.writers_queued() < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} writers never queued"));
+}
+
+/// 40 writers queue behind one that holds the slot. Each writes a job and an audit event; every
+/// fifth drops its transaction instead of committing. They must commit in far fewer database
+/// commits than writers, the dropped ones must leave nothing, and the chain must stay whole.
+async fn queued_writers_share_a_commit_and_keep_their_own_fate(b: Backend) {
+    let (_db, store) = store_for(b).await;
+    let (groups_before, members_before) = store.commit_stats();
+    let now = time::OffsetDateTime::now_utc();
+
+    let mut holder = store.begin().await.unwrap();
+    holder.insert_job(&job("w-holder")).await.unwrap();
+    let writers: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await?;
+                tx.insert_job(&job(&format!("w-{i:02}"))).await?;
+                audit::record(
+                    &mut tx,
+                    now,
+                    Action::RequestCreated,
+                    &Actor::system(),
+                    None,
+                    json!({ "writer": i }),
+                )
+                .await?;
+                if i % 5 == 0 {
+                    drop(tx);
+                    return Ok::<bool, StoreError>(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            })
+        })
+        .collect();
+    until_queued(&store, 40).await;
+    holder.commit().await.unwrap();
+    let mut committed = Vec::new();
+    for (i, w) in writers.into_iter().enumerate() {
+        if w.await.unwrap().unwrap() {
+            committed.push(format!("w-{i:02}"));
+        }
+    }
+    committed.push("w-holder".into());
+    committed.sort();
+
+    assert_eq!(jobs_present(&store).await, committed);
+    let (groups, members) = store.commit_stats();
+    let (groups, members) = (groups - groups_before, members - members_before);
+    assert_eq!(members, 33, "the holder and 32 writers committed");
+    assert!(
+        groups <= 4,
+        "33 writers should share a few commits, took {groups}"
+    );
+    match audit::verify::verify_store(&store, None).await.unwrap() {
+        Ok(Outcome::Whole { count, .. }) => assert_eq!(count, 32, "one event per committer"),
+        other => panic!("chain not whole: {other:?}"),
+    }
+}
+
+/// The holder writes a row whose (deferred) foreign key fails only at commit; a writer queued
+/// behind it joins its group. The shared commit fails: both learn it, neither row is kept, and
+/// the next writer commits normally.
+async fn a_failed_group_commit_fails_every_member_and_keeps_nothing(b: Backend) {
+    let (_db, store) = store_for(b).await;
+    store
+        .execute_raw_for_tests(
+            "create table gc_probe (id integer primary key, parent integer \
+             references gc_probe (id) deferrable initially deferred)",
+        )
+        .await
+        .unwrap();
+
+    let mut holder = store.begin().await.unwrap();
+    holder
+        .execute_raw_for_tests("insert into gc_probe (id, parent) values (1, 999)")
+        .await
+        .unwrap();
+    let joiner = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            tx.insert_job(&job("joiner")).await?;
+            tx.commit().await
+        })
+    };
+    until_queued(&store, 1).await;
+    let held = holder.commit().await;
+    let joined = joiner.await.unwrap();
+    assert!(held.is_err(), "the holder's commit must fail: {held:?}");
+    assert!(
+        joined.is_err(),
+        "the joiner shared the failed commit: {joined:?}"
+    );
+    assert!(jobs_present(&store).await.is_empty());
+    assert!(
+        store
+            .query_pairs_for_tests("select cast(id as text), cast(parent as text) from gc_probe")
+            .await
+            .is_empty()
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_job(&job("after")).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(jobs_present(&store).await, vec!["after".to_string()]);
+}
