@@ -163,6 +163,7 @@ impl App {
             tokio::spawn(async move { oidc.warm_up().await });
         }
         crate::metrics::spawn_upkeep();
+        crate::memory::spawn_trimmer();
         let grace = self.state.svc.config.server.shutdown_grace;
         let (stop_tx, stop_rx) = watch::channel(false);
         let owner = format!("{}-{}", hostname(), uuid::Uuid::new_v4());

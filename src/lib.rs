@@ -24,6 +24,8 @@ pub mod domain;
 pub mod http;
 /// The job worker (outbox).
 pub mod jobs;
+/// Giving freed memory back to the system after a burst.
+pub mod memory;
 /// Prometheus metrics.
 pub mod metrics;
 /// What mails say and how they leave.

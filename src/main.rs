@@ -126,8 +126,17 @@ fn print_config_errors(e: &ConfigErrors) -> ExitCode {
     ExitCode::from(2)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime starts any thread (see `memory::configure`).
+    twokey::memory::configure();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the async runtime")
+        .block_on(async_main())
+}
+
+async fn async_main() -> ExitCode {
     twokey::telemetry::init();
     let cli = Cli::parse();
     match run(cli).await {

@@ -118,6 +118,7 @@ pub fn group_committed(members: usize, ok: bool) {
 /// One answered HTTP request. `route` is the matched route template (never the path: review
 /// links carry tokens), or `unmatched`.
 pub fn http_response(method: &str, route: &str, status: u16, elapsed: Duration) {
+    crate::memory::busy();
     metrics::counter!("twokey_http_responses_total", "method" => method.to_string(), "route" => route.to_string(), "status" => status.to_string()).increment(1);
     metrics::histogram!("twokey_http_request_duration_seconds", "route" => route.to_string())
         .record(elapsed.as_secs_f64());
@@ -125,6 +126,7 @@ pub fn http_response(method: &str, route: &str, status: u16, elapsed: Duration) 
 
 /// One run of a job.
 pub fn job_attempt(kind: &str, outcome: &'static str) {
+    crate::memory::busy();
     metrics::counter!("twokey_job_attempts_total", "kind" => kind.to_string(), "outcome" => outcome)
         .increment(1);
 }

@@ -398,6 +398,7 @@ impl Store {
     }
 
     pub async fn upsert_principal(&self, p: &PrincipalRow) -> StoreResult<String> {
+        let mut tx = self.begin().await?;
         let id: String = sqlx::query_scalar(
             "insert into principal (principal_id, issuer, subject, email, email_normalized, name, \
              azure_object_id, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
@@ -414,8 +415,9 @@ impl Store {
         .bind(&p.name)
         .bind(&p.azure_object_id)
         .bind(&p.created_at)
-        .fetch_one(&self.pool)
+        .fetch_one(tx.member.conn())
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -432,6 +434,7 @@ impl Store {
     // ---- sessions ------------------------------------------------------------------------
 
     pub async fn insert_session(&self, s: &SessionRow) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "insert into session (session_hash, principal_id, csrf_token, groups, created_at, \
              last_seen_at, expires_at, notice) values ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -444,8 +447,9 @@ impl Store {
         .bind(&s.last_seen_at)
         .bind(&s.expires_at)
         .bind(&s.notice)
-        .execute(&self.pool)
+        .execute(tx.member.conn())
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -460,33 +464,41 @@ impl Store {
     }
 
     pub async fn touch_session(&self, hash: &str, now: &str) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("update session set last_seen_at = $1 where session_hash = $2")
             .bind(now)
             .bind(hash)
-            .execute(&self.pool)
+            .execute(tx.member.conn())
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn delete_session(&self, hash: &str) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("delete from session where session_hash = $1")
             .bind(hash)
-            .execute(&self.pool)
+            .execute(tx.member.conn())
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn delete_expired_sessions(&self, now: &str) -> StoreResult<u64> {
-        Ok(sqlx::query("delete from session where expires_at <= $1")
+        let mut tx = self.begin().await?;
+        let out = sqlx::query("delete from session where expires_at <= $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(tx.member.conn())
             .await?
-            .rows_affected())
+            .rows_affected();
+        tx.commit().await?;
+        Ok(out)
     }
 
     // ---- OpenID Connect sign-ins in progress ----------------------------------------------
 
     pub async fn insert_oidc_login(&self, l: &OidcLoginRow) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "insert into oidc_login (state_hash, session_hash, nonce, pkce_verifier, next_path, \
              created_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7)",
@@ -498,8 +510,9 @@ impl Store {
         .bind(&l.next_path)
         .bind(&l.created_at)
         .bind(&l.expires_at)
-        .execute(&self.pool)
+        .execute(tx.member.conn())
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -512,22 +525,28 @@ impl Store {
         state_hash: &str,
         session_hash: &str,
     ) -> StoreResult<Option<OidcLoginRow>> {
-        Ok(sqlx::query_as(
+        let mut tx = self.begin().await?;
+        let out = sqlx::query_as(
             "delete from oidc_login where state_hash = $1 and session_hash = $2 returning \
              state_hash, session_hash, nonce, pkce_verifier, next_path, created_at, expires_at",
         )
         .bind(state_hash)
         .bind(session_hash)
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(tx.member.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     pub async fn delete_expired_oidc_logins(&self, now: &str) -> StoreResult<u64> {
-        Ok(sqlx::query("delete from oidc_login where expires_at <= $1")
+        let mut tx = self.begin().await?;
+        let out = sqlx::query("delete from oidc_login where expires_at <= $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(tx.member.conn())
             .await?
-            .rows_affected())
+            .rows_affected();
+        tx.commit().await?;
+        Ok(out)
     }
 
     pub async fn find_principal(
@@ -557,6 +576,19 @@ impl Store {
         now: &str,
         lease_until: &str,
     ) -> StoreResult<Option<JobRow>> {
+        // A read first: an idle worker polls, and a claim is a writing transaction (through
+        // the writer slot, with the audit head) that would otherwise commit every poll.
+        let due: Option<i64> = sqlx::query_scalar(
+            "select 1 from job where state = 'queued' and run_at <= $1 \
+             and (lease_until is null or lease_until <= $1) limit 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(None);
+        }
+        let mut tx = self.begin().await?;
         let lock = match self.backend {
             Backend::Postgres => " for update skip locked",
             Backend::Sqlite => "",
@@ -569,12 +601,14 @@ impl Store {
              returning {JOB_COLUMNS}"
         );
         // SQL-safe: only fixed fragments and `$n` placeholders are spliced in.
-        Ok(sqlx::query_as(AssertSqlSafe(sql))
+        let out = sqlx::query_as(AssertSqlSafe(sql))
             .bind(owner)
             .bind(lease_until)
             .bind(now)
-            .fetch_optional(&self.pool)
-            .await?)
+            .fetch_optional(tx.member.conn())
+            .await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Take (or renew) the lease on periodic work `name` until `until`: true when `owner` now
@@ -586,7 +620,8 @@ impl Store {
         now: &str,
         until: &str,
     ) -> StoreResult<bool> {
-        Ok(sqlx::query(
+        let mut tx = self.begin().await?;
+        let out = sqlx::query(
             "update periodic_lease set owner = $1, lease_until = $2 \
              where name = $3 and (lease_until <= $4 or owner = $1)",
         )
@@ -594,27 +629,31 @@ impl Store {
         .bind(until)
         .bind(name)
         .bind(now)
-        .execute(&self.pool)
+        .execute(tx.member.conn())
         .await?
         .rows_affected()
-            == 1)
+            == 1;
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Give back every lease `owner` still holds on a queued job (at shutdown, so another
     /// replica takes the work at once instead of after the lease). Returns how many.
     pub async fn release_leases(&self, owner: &str) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
         let released = sqlx::query(
             "update job set lease_owner = null, lease_until = null \
              where state = 'queued' and lease_owner = $1",
         )
         .bind(owner)
-        .execute(&self.pool)
+        .execute(tx.member.conn())
         .await?
         .rows_affected();
         sqlx::query("update periodic_lease set owner = null, lease_until = '' where owner = $1")
             .bind(owner)
-            .execute(&self.pool)
+            .execute(tx.member.conn())
             .await?;
+        tx.commit().await?;
         Ok(released)
     }
 
@@ -638,6 +677,7 @@ impl Store {
         failed_for_good: bool,
         now: &str,
     ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let state = if failed_for_good { "failed" } else { "queued" };
         let r = sqlx::query(
             "update job set state = $1, run_at = $2, last_error = $3, lease_owner = null, lease_until = null, \
@@ -650,9 +690,11 @@ impl Store {
         .bind(&j.job_id)
         .bind(owner)
         .bind(j.attempts)
-        .execute(&self.pool)
+        .execute(tx.member.conn())
         .await?;
-        Ok(r.rows_affected() == 1)
+        let out = r.rows_affected() == 1;
+        tx.commit().await?;
+        Ok(out)
     }
 
     pub async fn jobs_for_request(&self, request_id: &str) -> StoreResult<Vec<JobRow>> {
