@@ -9,7 +9,8 @@
 //! - idle resident memory (VmRSS) 2 s after ready, and again after the load phases (≤ 25 MB)
 //! - `POST /api/v1/requests` sustained rate (N requests, default 2000, `TWOKEY_BENCH_REQUESTS`,
 //!   from 16 concurrent signed-in clients, each answer asserted 201) versus a plain sqlx loop
-//!   of the same INSERTs on the same database, one transaction per request (≥ 0.5×)
+//!   of the same INSERTs on the same database, one transaction per request (≥ 0.5×); the two
+//!   alternate in three rounds so that the disk's drifting fsync time hits both alike
 //! - approve-decision latency at 100 concurrent clients: 100 approver sessions each decide a
 //!   different pending request at the same moment, 10 rounds; p50 / p99 / max (p99 ≤ 10 ms)
 //!
@@ -32,6 +33,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 
 const REQUESTERS: usize = 16;
+/// The POST phase and the plain loop alternate this many times (see `load`).
+const RATE_ROUNDS: usize = 3;
 const APPROVE_CLIENTS: usize = 100;
 const APPROVE_ROUNDS: usize = 10;
 /// Decisions made one at a time by a single client, for comparison.
@@ -335,7 +338,7 @@ async fn drain_jobs(pool: &AnyPool) {
 }
 
 /// `n` requests from `REQUESTERS` concurrent clients: the rate and the created ids.
-async fn post_requests(base: &str, n: usize) -> (f64, Vec<String>) {
+async fn post_requests(base: &str, first: usize, n: usize) -> (f64, Vec<String>) {
     let mut clients = Vec::new();
     for i in 0..REQUESTERS {
         clients.push(Client::sign_in(base, &requester(i)).await);
@@ -353,6 +356,7 @@ async fn post_requests(base: &str, n: usize) -> (f64, Vec<String>) {
                     if i >= n {
                         return ids;
                     }
+                    let i = first + i;
                     let (s, body) = c.post("/api/v1/requests", &create_body(i)).await;
                     assert_eq!(s, 201, "create {i}: {body}");
                     ids.push(body["id"].as_str().expect("id").to_string());
@@ -628,13 +632,27 @@ struct Load {
 
 /// The load phases on a running server: POST rate, the plain loop, the decisions.
 async fn load(server: &Server, url: &str, n: usize) -> Load {
-    let pool = open_pool(url).await;
-    drain_jobs(&pool).await;
-    let (post_rate, ids) = post_requests(&server.base(), n).await;
-    drain_jobs(&pool).await;
-    let t = template(&pool, &ids[0]).await;
-    pool.close().await;
-    let loop_rate = plain_loop(url, &t, n).await;
+    // The POST phase and the plain loop alternate in RATE_ROUNDS rounds, each rate taken over
+    // all of its rounds: fsync times on this machine's disk drift by 3x within minutes, and a
+    // ratio of two phases measured minutes apart would measure the drift.
+    let (mut ids, mut post_secs, mut loop_secs) = (Vec::new(), 0.0, 0.0);
+    for round in 0..RATE_ROUNDS {
+        let k = if round + 1 == RATE_ROUNDS {
+            n - ids.len()
+        } else {
+            n / RATE_ROUNDS
+        };
+        let pool = open_pool(url).await;
+        drain_jobs(&pool).await;
+        let (rate, got) = post_requests(&server.base(), ids.len(), k).await;
+        post_secs += k as f64 / rate;
+        ids.extend(got);
+        drain_jobs(&pool).await;
+        let t = template(&pool, &ids[0]).await;
+        pool.close().await;
+        loop_secs += k as f64 / plain_loop(url, &t, k).await;
+    }
+    let (post_rate, loop_rate) = (n as f64 / post_secs, n as f64 / loop_secs);
     let pool = open_pool(url).await;
     drain_jobs(&pool).await;
     let (decide, serial) = approve(&server.base(), &ids).await;
