@@ -185,6 +185,10 @@ impl Store {
     ///
     /// Writers that arrive while another one runs share its database transaction and commit
     /// (group commit, see `group_commit`); each still commits or rolls back on its own.
+    ///
+    /// Every write goes through here, the `Store` methods that write included (sessions, job
+    /// claims, leases): a task that holds a `Tx` must not call one of them, or begin another
+    /// `Tx`, before it commits or drops the first: it would wait for itself.
     pub async fn begin(&self) -> StoreResult<Tx> {
         let member = self
             .group
