@@ -13,6 +13,7 @@ use crate::helpers::*;
 both_backends!(
     queued_writers_share_a_commit_and_keep_their_own_fate,
     a_failed_group_commit_fails_every_member_and_keeps_nothing,
+    writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind,
 );
 
 async fn store_for(b: Backend) -> (TestDb, Store) {
@@ -166,4 +167,63 @@ async fn a_failed_group_commit_fails_every_member_and_keeps_nothing(b: Backend) 
     tx.insert_job(&job("after")).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(jobs_present(&store).await, vec!["after".to_string()]);
+}
+
+/// A client that hangs up drops its handler's future: here, one writer is cancelled while it
+/// waits for the slot and one in the middle of its work inside a group. Neither may leave a
+/// count, a lock or a row behind, and the writers around them commit.
+async fn writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind(b: Backend) {
+    let (_db, store) = store_for(b).await;
+    let mut holder = store.begin().await.unwrap();
+    holder.insert_job(&job("c-holder")).await.unwrap();
+
+    // Cancelled while queued.
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.insert_job(&job("c-never")).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    until_queued(&store, 1).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    assert_eq!(store.writers_queued(), 0);
+
+    // Cancelled inside the group: it queues first, so the holder hands the group to it; it
+    // writes and then waits forever, until it is cancelled. The writer queued behind it must
+    // find its write undone and commit the group (the holder's work and its own).
+    let (wrote_tx, wrote_rx) = tokio::sync::oneshot::channel();
+    let stuck = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.insert_job(&job("c-stuck")).await.unwrap();
+            let _ = wrote_tx.send(());
+            std::future::pending::<()>().await;
+            drop(tx);
+        })
+    };
+    until_queued(&store, 1).await;
+    let after = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            tx.insert_job(&job("c-after")).await?;
+            tx.commit().await
+        })
+    };
+    until_queued(&store, 2).await;
+    let held = tokio::spawn(holder.commit());
+    wrote_rx.await.unwrap();
+    stuck.abort();
+    assert!(stuck.await.unwrap_err().is_cancelled());
+    after.await.unwrap().unwrap();
+    held.await.unwrap().unwrap();
+    assert_eq!(store.writers_queued(), 0);
+    assert_eq!(
+        jobs_present(&store).await,
+        vec!["c-after".to_string(), "c-holder".to_string()]
+    );
 }
