@@ -300,11 +300,10 @@ async fn open_pool(url: &str) -> AnyPool {
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {
-                    // The app's settings (src/store/mod.rs), so the loop pays the same fsyncs.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute("PRAGMA busy_timeout = 30000").await?;
+                    // The app's settings, so the loop pays the same fsyncs.
+                    for pragma in twokey::store::SQLITE_PRAGMAS {
+                        conn.execute(*pragma).await?;
+                    }
                 }
                 Ok(())
             })

@@ -66,6 +66,20 @@ pub struct Store {
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Set on every SQLite connection. WAL for concurrent readers; FULL so a committed decision
+/// survives a power cut; foreign keys on; writers wait for each other instead of failing at
+/// once; 512 KiB of page cache per connection instead of SQLite's 2 MiB: with
+/// `database.max_connections` connections that is what stays resident once the file outgrows
+/// it (the footprint bench: idle RSS). Reads are indexed lookups; a page not cached comes from
+/// the OS page cache. (Public so that the footprint bench's plain loop pays the same fsyncs.)
+pub const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA cache_size = -512",
+];
+
 /// A writing transaction. Dropped without `commit`, it rolls back.
 pub struct Tx {
     member: group_commit::Member,
@@ -111,18 +125,9 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL for concurrent readers; FULL so a committed decision survives a
-                        // power cut; foreign keys on; writers wait for each other instead of
-                        // failing at once.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 30000").await?;
-                        // 512 KiB of page cache per connection instead of SQLite's 2 MiB: with
-                        // `database.max_connections` connections that is what stays resident
-                        // once the file outgrows it (the footprint bench: idle RSS). Reads are
-                        // indexed lookups; a page not cached comes from the OS page cache.
-                        conn.execute("PRAGMA cache_size = -512").await?;
+                        for pragma in SQLITE_PRAGMAS {
+                            conn.execute(*pragma).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -435,11 +440,22 @@ impl Store {
         .await?)
     }
 
+    /// One writing statement as a transaction of its own, through the writer slot like every
+    /// write (see [`Store::begin`]). Returns the rows it changed.
+    async fn execute_alone(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Any, <sqlx::Any as sqlx::Database>::Arguments>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let changed = q.execute(tx.member.conn()).await?.rows_affected();
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     // ---- sessions ------------------------------------------------------------------------
 
     pub async fn insert_session(&self, s: &SessionRow) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "insert into session (session_hash, principal_id, csrf_token, groups, created_at, \
              last_seen_at, expires_at, notice) values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -450,10 +466,8 @@ impl Store {
         .bind(&s.created_at)
         .bind(&s.last_seen_at)
         .bind(&s.expires_at)
-        .bind(&s.notice)
-        .execute(tx.member.conn())
-        .await?;
-        tx.commit().await?;
+        .bind(&s.notice);
+        self.execute_alone(q).await?;
         Ok(())
     }
 
@@ -468,42 +482,30 @@ impl Store {
     }
 
     pub async fn touch_session(&self, hash: &str, now: &str) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query("update session set last_seen_at = $1 where session_hash = $2")
-            .bind(now)
-            .bind(hash)
-            .execute(tx.member.conn())
-            .await?;
-        tx.commit().await?;
+        self.execute_alone(
+            sqlx::query("update session set last_seen_at = $1 where session_hash = $2")
+                .bind(now)
+                .bind(hash),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn delete_session(&self, hash: &str) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query("delete from session where session_hash = $1")
-            .bind(hash)
-            .execute(tx.member.conn())
+        self.execute_alone(sqlx::query("delete from session where session_hash = $1").bind(hash))
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     pub async fn delete_expired_sessions(&self, now: &str) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let out = sqlx::query("delete from session where expires_at <= $1")
-            .bind(now)
-            .execute(tx.member.conn())
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(out)
+        self.execute_alone(sqlx::query("delete from session where expires_at <= $1").bind(now))
+            .await
     }
 
     // ---- OpenID Connect sign-ins in progress ----------------------------------------------
 
     pub async fn insert_oidc_login(&self, l: &OidcLoginRow) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let q = sqlx::query(
             "insert into oidc_login (state_hash, session_hash, nonce, pkce_verifier, next_path, \
              created_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -513,10 +515,8 @@ impl Store {
         .bind(&l.pkce_verifier)
         .bind(&l.next_path)
         .bind(&l.created_at)
-        .bind(&l.expires_at)
-        .execute(tx.member.conn())
-        .await?;
-        tx.commit().await?;
+        .bind(&l.expires_at);
+        self.execute_alone(q).await?;
         Ok(())
     }
 
@@ -543,14 +543,8 @@ impl Store {
     }
 
     pub async fn delete_expired_oidc_logins(&self, now: &str) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let out = sqlx::query("delete from oidc_login where expires_at <= $1")
-            .bind(now)
-            .execute(tx.member.conn())
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(out)
+        self.execute_alone(sqlx::query("delete from oidc_login where expires_at <= $1").bind(now))
+            .await
     }
 
     pub async fn find_principal(
@@ -624,21 +618,15 @@ impl Store {
         now: &str,
         until: &str,
     ) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
-        let out = sqlx::query(
+        let q = sqlx::query(
             "update periodic_lease set owner = $1, lease_until = $2 \
              where name = $3 and (lease_until <= $4 or owner = $1)",
         )
         .bind(owner)
         .bind(until)
         .bind(name)
-        .bind(now)
-        .execute(tx.member.conn())
-        .await?
-        .rows_affected()
-            == 1;
-        tx.commit().await?;
-        Ok(out)
+        .bind(now);
+        Ok(self.execute_alone(q).await? == 1)
     }
 
     /// Give back every lease `owner` still holds on a queued job (at shutdown, so another
@@ -681,9 +669,8 @@ impl Store {
         failed_for_good: bool,
         now: &str,
     ) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
         let state = if failed_for_good { "failed" } else { "queued" };
-        let r = sqlx::query(
+        let q = sqlx::query(
             "update job set state = $1, run_at = $2, last_error = $3, lease_owner = null, lease_until = null, \
              finished_at = $4 where job_id = $5 and lease_owner = $6 and attempts = $7 and state = 'queued'",
         )
@@ -693,12 +680,8 @@ impl Store {
         .bind(if failed_for_good { Some(now.to_string()) } else { None })
         .bind(&j.job_id)
         .bind(owner)
-        .bind(j.attempts)
-        .execute(tx.member.conn())
-        .await?;
-        let out = r.rows_affected() == 1;
-        tx.commit().await?;
-        Ok(out)
+        .bind(j.attempts);
+        Ok(self.execute_alone(q).await? == 1)
     }
 
     pub async fn jobs_for_request(&self, request_id: &str) -> StoreResult<Vec<JobRow>> {

@@ -51,6 +51,19 @@ async fn jobs_present(store: &Store) -> Vec<String> {
     keys
 }
 
+/// A writer in a task of its own: begin, queue the job `key`, commit.
+fn spawn_writer(
+    store: &Store,
+    key: &'static str,
+) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut tx = store.begin().await?;
+        tx.insert_job(&job(key)).await?;
+        tx.commit().await
+    })
+}
+
 /// Wait (awaiting, not sleeping) until `n` writers are queued for the slot.
 async fn until_queued(store: &Store, n: usize) {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -139,14 +152,7 @@ async fn a_failed_group_commit_fails_every_member_and_keeps_nothing(b: Backend) 
         .execute_raw_for_tests("insert into gc_probe (id, parent) values (1, 999)")
         .await
         .unwrap();
-    let joiner = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut tx = store.begin().await?;
-            tx.insert_job(&job("joiner")).await?;
-            tx.commit().await
-        })
-    };
+    let joiner = spawn_writer(&store, "joiner");
     until_queued(&store, 1).await;
     let held = holder.commit().await;
     let joined = joiner.await.unwrap();
@@ -178,14 +184,7 @@ async fn writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind(b
     holder.insert_job(&job("c-holder")).await.unwrap();
 
     // Cancelled while queued.
-    let waiting = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut tx = store.begin().await.unwrap();
-            tx.insert_job(&job("c-never")).await.unwrap();
-            tx.commit().await.unwrap();
-        })
-    };
+    let waiting = spawn_writer(&store, "c-never");
     until_queued(&store, 1).await;
     waiting.abort();
     assert!(waiting.await.unwrap_err().is_cancelled());
@@ -206,14 +205,7 @@ async fn writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind(b
         })
     };
     until_queued(&store, 1).await;
-    let after = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut tx = store.begin().await?;
-            tx.insert_job(&job("c-after")).await?;
-            tx.commit().await
-        })
-    };
+    let after = spawn_writer(&store, "c-after");
     until_queued(&store, 2).await;
     let held = tokio::spawn(holder.commit());
     wrote_rx.await.unwrap();
