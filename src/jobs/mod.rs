@@ -6,10 +6,12 @@
 //! Several workers (in one process or in several replicas) may run at once: a claim is a
 //! conditional update, and a job's effects commit only while its lease holds.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration as StdDuration;
 
 use time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 use tracing::Instrument as _;
 
 use crate::service::jobs_api::JobFailure;
@@ -34,24 +36,48 @@ impl Worker {
         }
     }
 
-    /// Claim and run one due job. Returns whether there was one.
-    pub async fn run_once(&self) -> ServiceResult<bool> {
-        let now = self.svc.now();
-        let lease = Duration::seconds(self.svc.config.jobs.lease.as_secs() as i64);
-        let Some(job) = self
-            .svc
-            .store
-            .claim_job(&self.owner, &timefmt::fmt(now), &timefmt::fmt(now + lease))
-            .await?
-        else {
-            return Ok(false);
-        };
+    /// Run one claimed job, in a span of its own.
+    async fn run_claimed(&self, job: crate::store::JobRow) -> ServiceResult<()> {
         // The span is attached to the future, not entered on the thread: an entered guard held
         // across `.await` would leak into whatever else runs on the thread (the other lanes),
         // and every log line would carry the spans of unrelated jobs.
         let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind, attempt = job.attempts);
-        self.finish(job).instrument(span).await?;
-        Ok(true)
+        self.finish(job).instrument(span).await
+    }
+
+    /// The next job for a lane: one already claimed for it, or a fresh claim of as many due
+    /// jobs as there are idle lanes (one writing transaction for all of them). `None` when
+    /// nothing is due.
+    async fn next_job(
+        &self,
+        claimed: &Mutex<VecDeque<crate::store::JobRow>>,
+        idle: &AtomicUsize,
+    ) -> ServiceResult<Option<crate::store::JobRow>> {
+        // Held across the claim: the other idle lanes wait for its jobs instead of claiming
+        // the same rows for themselves.
+        let mut claimed = claimed.lock().await;
+        if claimed.is_empty() {
+            let now = self.svc.now();
+            let lease = Duration::seconds(self.svc.config.jobs.lease.as_secs() as i64);
+            // Only as many as will start at once: a job claimed but waiting would burn its lease.
+            let want = idle.load(Ordering::SeqCst).max(1);
+            claimed.extend(
+                self.svc
+                    .store
+                    .claim_jobs(
+                        &self.owner,
+                        &timefmt::fmt(now),
+                        &timefmt::fmt(now + lease),
+                        want,
+                    )
+                    .await?,
+            );
+        }
+        let job = claimed.pop_front();
+        if job.is_some() {
+            idle.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(job)
     }
 
     /// Run a claimed job and record its outcome.
@@ -102,19 +128,34 @@ impl Worker {
     }
 
     /// Run due jobs until none is left, `jobs.concurrency` at a time (claims are atomic, so
-    /// the lanes never run the same job; mail and Azure round trips overlap). Returns how many ran.
+    /// the lanes never run the same job; mail and Azure round trips overlap). Idle lanes are
+    /// filled by one claim. Returns how many ran.
     pub async fn drain(&self) -> ServiceResult<usize> {
         let lanes = self.svc.config.jobs.concurrency.max(1);
+        let claimed = Mutex::new(VecDeque::new());
+        let idle = AtomicUsize::new(lanes);
         let runs = (0..lanes).map(|_| async {
             let mut n = 0;
             // Bounded so that a job that keeps re-queuing itself cannot spin forever.
-            while n < 100_000 && !self.stopping() && self.run_once().await? {
+            while n < 100_000 && !self.stopping() {
+                let Some(job) = self.next_job(&claimed, &idle).await? else {
+                    break;
+                };
+                let ran = self.run_claimed(job).await;
+                idle.fetch_add(1, Ordering::SeqCst);
+                ran?;
                 n += 1;
             }
             ServiceResult::Ok(n)
         });
+        let results = futures::future::join_all(runs).await;
+        // A lane that failed or a stop can leave claimed jobs unstarted; nothing of this
+        // worker's runs now, so give their leases back rather than make them wait them out.
+        if !claimed.into_inner().is_empty() {
+            self.svc.store.release_leases(&self.owner).await?;
+        }
         let mut total = 0;
-        for r in futures::future::join_all(runs).await {
+        for r in results {
             total += r?;
         }
         Ok(total)

@@ -428,11 +428,7 @@ impl Store {
             }
             q.execute(tx.member.conn()).await?;
         }
-        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-            .bind(last.seq)
-            .bind(&last.hash)
-            .execute(tx.member.conn())
-            .await?;
+        tx.set_audit_head(last.seq, &last.hash);
         tx.commit().await
     }
 }

@@ -16,6 +16,13 @@
 //!   of the slot does it before anything else); the first member of a group has no savepoint
 //!   and rolls back the whole database transaction, which then holds nothing of anyone else's.
 //!
+//! The audit head lives in the open group, not in a statement per event: the group's database
+//! transaction took the head row (and with it every other writer's turn) when it opened, so
+//! nobody else can move it until the group commits. Events read and move the in-memory head;
+//! a member rolled back to its savepoint gets the head it started with back; the head row is
+//! written once, just before the group's commit, in the same database transaction. Per event
+//! that is one statement (the insert) instead of three.
+//!
 //! SECURITY: `commit` returns `Ok` only once the database committed the whole group; if that
 //! commit fails (or the group is abandoned), every member gets the error. A member never sees
 //! success for work that could still roll back. The physical commit runs in a task of its own
@@ -59,8 +66,17 @@ pub(super) struct Slot {
     generation: u64,
 }
 
+/// The audit chain head: the last event's `seq` and `hash`.
+pub(super) type Head = (i64, String);
+
 struct Group {
     tx: sqlx::Transaction<'static, Any>,
+    /// The head as the events of this group moved it.
+    head: Head,
+    /// The head as the `audit_head` row holds it (written at commit if `head` moved).
+    stored_head: Head,
+    /// The head when the current member took its savepoint: restored if it rolls back.
+    savepoint_head: Option<Head>,
     members: usize,
     flusher: bool,
     done: watch::Sender<Outcome>,
@@ -104,11 +120,11 @@ impl GroupCommit {
     }
 
     /// Take the slot and start a member: join the open group behind a savepoint, or open a
-    /// database transaction with `open` (which also takes the audit head).
+    /// database transaction with `open` (which also takes the audit head row and returns it).
     pub(super) async fn begin<F, Fut>(&self, open: F) -> StoreResult<Member>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = StoreResult<sqlx::Transaction<'static, Any>>>,
+        Fut: std::future::Future<Output = StoreResult<(sqlx::Transaction<'static, Any>, Head)>>,
     {
         let mut guard = {
             self.queued.fetch_add(1, Ordering::SeqCst);
@@ -122,6 +138,7 @@ impl GroupCommit {
                 .await
             {
                 Ok(_) => {
+                    group.savepoint_head = Some(group.head.clone());
                     return Ok(Member {
                         guard: Some(guard),
                         savepoint: true,
@@ -135,10 +152,13 @@ impl GroupCommit {
                 }
             }
         }
-        let tx = open().await?;
+        let (tx, head) = open().await?;
         guard.generation += 1;
         guard.open = Some(Group {
             tx,
+            stored_head: head.clone(),
+            head,
+            savepoint_head: None,
             members: 0,
             flusher: false,
             done: watch::channel(None).0,
@@ -165,6 +185,7 @@ impl GroupCommit {
             guard.rollback_pending = true;
             return Err(e.into());
         }
+        group.savepoint_head = None;
         group.members += 1;
         let mut outcome = group.done.subscribe();
         let hand_on = group.members < MAX_GROUP && self.queued.load(Ordering::SeqCst) > 0;
@@ -211,12 +232,27 @@ impl Drop for Member {
 }
 
 impl Member {
-    pub(super) fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        let guard = self
-            .guard
+    fn group(&mut self) -> &mut Group {
+        self.guard
             .as_mut()
-            .expect("a member holds the slot until commit");
-        &mut guard.open.as_mut().expect("a member's group is open").tx
+            .expect("a member holds the slot until commit")
+            .open
+            .as_mut()
+            .expect("a member's group is open")
+    }
+
+    pub(super) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.group().tx
+    }
+
+    /// The audit head as this transaction sees it.
+    pub(super) fn head(&mut self) -> Head {
+        self.group().head.clone()
+    }
+
+    /// Move the audit head (after inserting the event it names, in this transaction).
+    pub(super) fn set_head(&mut self, head: Head) {
+        self.group().head = head;
     }
 }
 
@@ -238,6 +274,10 @@ async fn undo_dropped_member(slot: &mut Slot) {
             .await
     }
     .await;
+    // The member's events are gone with its savepoint, and so is the head it moved.
+    if let Some(head) = group.savepoint_head.take() {
+        group.head = head;
+    }
     if let Err(e) = undone {
         tracing::warn!(error = %e, "group commit: rolling back a member failed; the group is abandoned");
         slot.open = None;
@@ -251,7 +291,18 @@ async fn commit_group(slot: &mut Slot, stats: &Stats) -> StoreResult<()> {
             "no transaction group was open",
         )));
     };
-    let result = group.tx.commit().await;
+    let mut tx = group.tx;
+    let result = async {
+        if group.head != group.stored_head {
+            sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
+                .bind(group.head.0)
+                .bind(&group.head.1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+    .await;
     crate::metrics::group_committed(group.members, result.is_ok());
     if result.is_ok() {
         stats.groups.fetch_add(1, Ordering::SeqCst);

@@ -199,10 +199,12 @@ impl Store {
             .group
             .begin(|| async {
                 let mut inner = self.pool.begin().await?;
-                sqlx::query("update audit_head set seq = seq where id = 1")
-                    .execute(&mut *inner)
-                    .await?;
-                Ok(inner)
+                let head = sqlx::query_as(
+                    "update audit_head set seq = seq where id = 1 returning seq, hash",
+                )
+                .fetch_one(&mut *inner)
+                .await?;
+                Ok((inner, head))
             })
             .await?;
         Ok(Tx {
@@ -565,15 +567,32 @@ impl Store {
     // ---- jobs ----------------------------------------------------------------------------
 
     /// Claim the next due job for `owner` until `lease_until`, or `None`.
-    ///
-    /// A job whose lease ran out (its worker died) is due again; the conditional update makes
-    /// two claimers race safely: exactly one gets the row.
     pub async fn claim_job(
         &self,
         owner: &str,
         now: &str,
         lease_until: &str,
     ) -> StoreResult<Option<JobRow>> {
+        Ok(self
+            .claim_jobs(owner, now, lease_until, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Claim up to `limit` due jobs for `owner` until `lease_until`, oldest first, in one
+    /// statement (a worker with several idle lanes fills them with one writing transaction
+    /// instead of one each).
+    ///
+    /// A job whose lease ran out (its worker died) is due again; the conditional update makes
+    /// two claimers race safely: each row goes to exactly one of them.
+    pub async fn claim_jobs(
+        &self,
+        owner: &str,
+        now: &str,
+        lease_until: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<JobRow>> {
         // A read first: an idle worker polls, and a claim is a writing transaction (through
         // the writer slot, with the audit head) that would otherwise commit every poll.
         let due: Option<i64> = sqlx::query_scalar(
@@ -584,28 +603,35 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if due.is_none() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
         let lock = match self.backend {
             Backend::Postgres => " for update skip locked",
             Backend::Sqlite => "",
         };
+        // The pick is a materialized CTE: PostgreSQL may run an `in (select … limit n)`
+        // subquery more than once inside the update and so claim more than `limit` rows.
         let sql = format!(
-            "update job set lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
-             where job_id = (select job_id from job where state = 'queued' and run_at <= $3 \
-               and (lease_until is null or lease_until <= $3) order by run_at, job_id limit 1{lock}) \
+            "with picked as materialized (select job_id from job where state = 'queued' \
+               and run_at <= $3 and (lease_until is null or lease_until <= $3) \
+               order by run_at, job_id limit $4{lock}) \
+             update job set lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+             where job_id in (select job_id from picked) \
              and state = 'queued' and (lease_until is null or lease_until <= $3) \
              returning {JOB_COLUMNS}"
         );
         // SQL-safe: only fixed fragments and `$n` placeholders are spliced in.
-        let out = sqlx::query_as(AssertSqlSafe(sql))
+        let mut out: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(owner)
             .bind(lease_until)
             .bind(now)
-            .fetch_optional(tx.member.conn())
+            .bind(i64::try_from(limit.max(1)).unwrap_or(i64::MAX))
+            .fetch_all(tx.member.conn())
             .await?;
         tx.commit().await?;
+        // `returning` promises no order.
+        out.sort_by(|a, b| (&a.run_at, &a.job_id).cmp(&(&b.run_at, &b.job_id)));
         Ok(out)
     }
 
@@ -1309,16 +1335,19 @@ impl Tx {
 
     // ---- the audit chain ---------------------------------------------------------------
 
-    /// The chain head, already locked by [`Store::begin`].
+    /// The chain head, taken with its row lock by [`Store::begin`] and kept in the open
+    /// transaction group (see `group_commit`).
     pub async fn audit_head(&mut self) -> StoreResult<(i64, String)> {
-        Ok(
-            sqlx::query_as("select seq, hash from audit_head where id = 1")
-                .fetch_one(self.member.conn())
-                .await?,
-        )
+        Ok(self.member.head())
     }
 
-    /// Append one event and move the head to it.
+    /// Move the head to an event already inserted in this transaction (bulk seeding).
+    pub(crate) fn set_audit_head(&mut self, seq: i64, hash: &str) {
+        self.member.set_head((seq, hash.to_string()));
+    }
+
+    /// Append one event and move the head to it (the head row is written once per group, at
+    /// its commit).
     pub async fn append_audit(&mut self, e: &AuditRow) -> StoreResult<()> {
         self.audited.push(e.action.clone());
         sqlx::query(
@@ -1340,11 +1369,7 @@ impl Tx {
         .bind(&e.hash)
         .execute(self.member.conn())
         .await?;
-        sqlx::query("update audit_head set seq = $1, hash = $2 where id = 1")
-            .bind(e.seq)
-            .bind(&e.hash)
-            .execute(self.member.conn())
-            .await?;
+        self.member.set_head((e.seq, e.hash.clone()));
         Ok(())
     }
 }

@@ -182,3 +182,65 @@ async fn one_replica_at_a_time_holds_the_sweep_and_a_dead_ones_lease_runs_out(b:
     .await;
     assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
 }
+
+both_backends!(a_batch_claim_takes_the_oldest_due_jobs_and_no_job_twice);
+
+/// A worker fills its idle lanes with one claim of several jobs: it gets exactly as many as it
+/// asked for, oldest first, only due ones; two stores (two replicas) claiming at once in
+/// batches never get the same job, and between them get every due job.
+async fn a_batch_claim_takes_the_oldest_due_jobs_and_no_job_twice(b: Backend) {
+    let db = TestDb::new(b).await;
+    let one = twokey::store::Store::connect(&db.url, 4).await.unwrap();
+    one.migrate().await.unwrap();
+    let two = twokey::store::Store::connect(&db.url, 4).await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let at = |s: i64| timefmt::fmt(now + Duration::seconds(s));
+    let mut tx = one.begin().await.unwrap();
+    // 40 due jobs, a second apart in run_at, and one not due yet.
+    for i in 0..41 {
+        tx.insert_job(&twokey::store::NewJob {
+            job_id: format!("job-{i:02}"),
+            kind: "test.batch".into(),
+            request_id: None,
+            payload: "{}".into(),
+            dedupe_key: None,
+            max_attempts: 1,
+            run_at: if i == 40 { at(3600) } else { at(i - 100) },
+            created_at: at(-200),
+        })
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let first = one.claim_jobs("w1", &at(0), &at(60), 3).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, ["job-00", "job-01", "job-02"]);
+    assert!(first.iter().all(|j| j.lease_owner.as_deref() == Some("w1")));
+    assert!(first.iter().all(|j| j.attempts == 1));
+
+    // Two replicas, four claimers each, batches of 2, until nothing is left.
+    let claimer = |store: twokey::store::Store, owner: String| async move {
+        let mut got = Vec::new();
+        loop {
+            let batch = store.claim_jobs(&owner, &at(0), &at(60), 2).await.unwrap();
+            assert!(batch.len() <= 2, "asked for 2, got {}", batch.len());
+            if batch.is_empty() {
+                return got;
+            }
+            got.extend(batch.into_iter().map(|j| j.job_id));
+        }
+    };
+    let all = futures::future::join_all((0..8).map(|i| {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        claimer(store, format!("r{i}"))
+    }))
+    .await;
+    let mut claimed: Vec<String> = all.into_iter().flatten().collect();
+    let n = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), n, "a job was claimed twice");
+    let expected: Vec<String> = (3..40).map(|i| format!("job-{i:02}")).collect();
+    assert_eq!(claimed, expected, "every due job once, the future one not");
+}
