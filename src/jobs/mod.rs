@@ -135,18 +135,24 @@ impl Worker {
         let claimed = Mutex::new(VecDeque::new());
         let idle = AtomicUsize::new(lanes);
         let runs = (0..lanes).map(|_| async {
-            let mut n = 0;
-            // Bounded so that a job that keeps re-queuing itself cannot spin forever.
-            while n < 100_000 && !self.stopping() {
-                let Some(job) = self.next_job(&claimed, &idle).await? else {
-                    break;
-                };
-                let ran = self.run_claimed(job).await;
-                idle.fetch_add(1, Ordering::SeqCst);
-                ran?;
-                n += 1;
-            }
-            ServiceResult::Ok(n)
+            let lane = async {
+                let mut n = 0;
+                // Bounded so that a job that keeps re-queuing itself cannot spin forever.
+                while n < 100_000 && !self.stopping() {
+                    let Some(job) = self.next_job(&claimed, &idle).await? else {
+                        break;
+                    };
+                    let ran = self.run_claimed(job).await;
+                    idle.fetch_add(1, Ordering::SeqCst);
+                    ran?;
+                    n += 1;
+                }
+                ServiceResult::Ok(n)
+            };
+            let n = lane.await;
+            // This lane takes no more jobs: the others must not claim for it.
+            idle.fetch_sub(1, Ordering::SeqCst);
+            n
         });
         let results = futures::future::join_all(runs).await;
         // A lane that failed or a stop can leave claimed jobs unstarted; nothing of this
