@@ -199,6 +199,10 @@ impl Store {
             .group
             .begin(|| async {
                 let mut inner = self.pool.begin().await?;
+                // SECURITY: the head is read by the statement that locks its row, in the
+                // group's transaction, and kept only while that transaction lives: no other
+                // writer (another replica included) can move it meanwhile, so the cached head
+                // is never stale and the chain has no fork.
                 let head = sqlx::query_as(
                     "update audit_head set seq = seq where id = 1 returning seq, hash",
                 )
