@@ -12,7 +12,8 @@
 //!   of the same INSERTs on the same database, one transaction per request (≥ 0.5×); the two
 //!   alternate in three rounds so that the disk's drifting fsync time hits both alike
 //! - approve-decision latency at 100 concurrent clients: 100 approver sessions each decide a
-//!   different pending request at the same moment, 10 rounds; p50 / p99 / max (p99 ≤ 10 ms)
+//!   different pending request at the same moment, 10 rounds; p50 / p99 / max (p99 ≤ 10 ms);
+//!   before it, the read floor: the same bursts of `GET`s of those requests (no writing)
 //!
 //! on SQLite and, for the rate and the decision latency, on PostgreSQL (`TWOKEY_BENCH_PG_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database, dropped
@@ -266,6 +267,19 @@ impl Client {
             base: base.to_string(),
             csrf: session["csrf_token"].as_str().unwrap().to_string(),
         }
+    }
+
+    async fn get(&self, path: &str) -> u16 {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        // Read the whole body, as the decisions' answers are read.
+        r.bytes().await.unwrap();
+        s
     }
 
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
@@ -553,10 +567,43 @@ struct Latencies {
     n: usize,
 }
 
-/// `APPROVE_ROUNDS` rounds: in each, 100 approver sessions decide 100 different pending
-/// requests at the same moment. Latencies in ms.
+/// 100 signed-in clients at the same moment, `APPROVE_ROUNDS` rounds, each client on its own
+/// request of `ids` (round r, client i: `ids[r * 100 + i]`): the latencies in ms of `call`.
+async fn bursts<F, Fut>(clients: &[Client], ids: &[String], call: F) -> Vec<f64>
+where
+    F: Fn(Client, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut all = Vec::new();
+    for round in 0..APPROVE_ROUNDS {
+        let barrier = Arc::new(tokio::sync::Barrier::new(APPROVE_CLIENTS));
+        let tasks: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let work = call(c.clone(), ids[round * APPROVE_CLIENTS + i].clone());
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let t0 = Instant::now();
+                    work.await;
+                    t0.elapsed().as_secs_f64() * 1000.0
+                })
+            })
+            .collect();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+    }
+    all
+}
+
+/// First the read floor: the same 100-at-once bursts of `GET /api/v1/requests/{id}` (the
+/// session lookup, the request's view, the answer: everything a decision does but the
+/// writing). Then `APPROVE_ROUNDS` rounds: in each, 100 approver sessions decide 100
+/// different pending requests at the same moment. Latencies in ms.
 /// Then `SERIAL_DECISIONS` more, one at a time from one client.
-async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies) {
+async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies, Latencies) {
     let mut clients = Vec::new();
     for i in 0..APPROVE_CLIENTS {
         let who = if i % 2 == 0 {
@@ -566,35 +613,21 @@ async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies) {
         };
         clients.push(Client::sign_in(base, who).await);
     }
-    let mut all = Vec::new();
-    for round in 0..APPROVE_ROUNDS {
-        let barrier = Arc::new(tokio::sync::Barrier::new(APPROVE_CLIENTS));
-        let tasks: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let c = c.clone();
-                let id = ids[round * APPROVE_CLIENTS + i].clone();
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    let t0 = Instant::now();
-                    let (s, body) = c
-                        .post(
-                            &format!("/api/v1/requests/{id}/decision"),
-                            &json!({ "decision": "approve", "comment": "checked the ticket" }),
-                        )
-                        .await;
-                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                    assert_eq!(s, 200, "decide {id}: {body}");
-                    ms
-                })
-            })
-            .collect();
-        for t in tasks {
-            all.push(t.await.unwrap());
-        }
-    }
+    let reads = bursts(&clients, ids, |c, id| async move {
+        let s = c.get(&format!("/api/v1/requests/{id}")).await;
+        assert_eq!(s, 200, "view {id}");
+    })
+    .await;
+    let all = bursts(&clients, ids, |c, id| async move {
+        let (s, body) = c
+            .post(
+                &format!("/api/v1/requests/{id}/decision"),
+                &json!({ "decision": "approve", "comment": "checked the ticket" }),
+            )
+            .await;
+        assert_eq!(s, 200, "decide {id}: {body}");
+    })
+    .await;
     let mut serial = Vec::new();
     let first = APPROVE_CLIENTS * APPROVE_ROUNDS;
     for id in &ids[first..first + SERIAL_DECISIONS] {
@@ -608,7 +641,7 @@ async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies) {
         serial.push(t0.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(s, 200, "decide {id}: {body}");
     }
-    (percentiles(all), percentiles(serial))
+    (percentiles(reads), percentiles(all), percentiles(serial))
 }
 
 fn percentiles(mut all: Vec<f64>) -> Latencies {
@@ -627,6 +660,7 @@ struct Load {
     loop_rate: f64,
     decide: Latencies,
     serial: Latencies,
+    reads: Latencies,
 }
 
 /// The load phases on a running server: POST rate, the plain loop, the decisions.
@@ -654,7 +688,7 @@ async fn load(server: &Server, url: &str, n: usize) -> Load {
     let (post_rate, loop_rate) = (n as f64 / post_secs, n as f64 / loop_secs);
     let pool = open_pool(url).await;
     drain_jobs(&pool).await;
-    let (decide, serial) = approve(&server.base(), &ids).await;
+    let (reads, decide, serial) = approve(&server.base(), &ids).await;
     drain_jobs(&pool).await;
     pool.close().await;
     Load {
@@ -662,6 +696,7 @@ async fn load(server: &Server, url: &str, n: usize) -> Load {
         loop_rate,
         decide,
         serial,
+        reads,
     }
 }
 
@@ -774,6 +809,12 @@ async fn run(n: usize) {
             f(&postgres.decide)
         );
     }
+    println!(
+        "  {:<58} {:>10} {:>10}",
+        "read floor: GET of the request, 100 at once, p50/p99 (ms)",
+        format!("{:.1}/{:.1}", sqlite.reads.p50, sqlite.reads.p99),
+        format!("{:.1}/{:.1}", postgres.reads.p50, postgres.reads.p99)
+    );
     println!(
         "  {:<58} {:>10.1} {:>10.1}",
         format!("decision p50, one at a time from one client (ms, {SERIAL_DECISIONS})"),
