@@ -164,7 +164,7 @@ pub async fn record(
     request_id: Option<&str>,
     details: Value,
 ) -> Result<i64, StoreError> {
-    let (head_seq, head_hash) = tx.audit_head().await?;
+    let (head_seq, head_hash) = tx.audit_head();
     let seq = head_seq + 1;
     let at = timefmt::fmt(now);
     // Re-serialize through Value so the stored text is canonical too.

@@ -713,7 +713,7 @@ impl Service {
             .store
             .alerts_since(&timefmt::fmt(now - Duration::hours(24)), 500)
             .await?;
-        let (seq, hash) = tx.audit_head().await?;
+        let (seq, hash) = tx.audit_head();
         let checkpoint =
             self.config.audit.checkpoint_key.as_ref().map(|k| {
                 serde_json::to_string(&k.sign(seq, &hash, &timefmt::fmt(now))).expect("json")

@@ -1341,8 +1341,8 @@ impl Tx {
 
     /// The chain head, taken with its row lock by [`Store::begin`] and kept in the open
     /// transaction group (see `group_commit`).
-    pub async fn audit_head(&mut self) -> StoreResult<(i64, String)> {
-        Ok(self.member.head())
+    pub fn audit_head(&mut self) -> (i64, String) {
+        self.member.head()
     }
 
     /// Move the head to an event already inserted in this transaction (bulk seeding).
