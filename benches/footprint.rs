@@ -13,7 +13,9 @@
 //!   alternate in three rounds so that the disk's drifting fsync time hits both alike
 //! - approve-decision latency at 100 concurrent clients: 100 approver sessions each decide a
 //!   different pending request at the same moment, 10 rounds; p50 / p99 / max (p99 ≤ 10 ms);
-//!   before it, the read floor: the same bursts of `GET`s of those requests (no writing)
+//!   before it, the floors under a decision, in the same bursts: `GET /healthz` (HTTP alone),
+//!   `GET /api/v1/session` (HTTP and the session lookup) and `GET`s of those requests (all but
+//!   the writing)
 //!
 //! on SQLite and, for the rate and the decision latency, on PostgreSQL (`TWOKEY_BENCH_PG_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; a fresh database, dropped
@@ -598,12 +600,13 @@ where
     all
 }
 
-/// First the read floor: the same 100-at-once bursts of `GET /api/v1/requests/{id}` (the
-/// session lookup, the request's view, the answer: everything a decision does but the
-/// writing). Then `APPROVE_ROUNDS` rounds: in each, 100 approver sessions decide 100
+/// First the floors, in the same 100-at-once bursts: `GET /healthz` (HTTP alone), `GET
+/// /api/v1/session` (HTTP and the session lookup every decision starts with) and `GET
+/// /api/v1/requests/{id}` (the session lookup, the request's view, the answer: everything a
+/// decision does but the writing). Then `APPROVE_ROUNDS` rounds: in each, 100 approver sessions decide 100
 /// different pending requests at the same moment. Latencies in ms.
 /// Then `SERIAL_DECISIONS` more, one at a time from one client.
-async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies, Latencies) {
+async fn approve(base: &str, ids: &[String]) -> Decisions {
     let mut clients = Vec::new();
     for i in 0..APPROVE_CLIENTS {
         let who = if i % 2 == 0 {
@@ -613,6 +616,14 @@ async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies, Latencies
         };
         clients.push(Client::sign_in(base, who).await);
     }
+    let health = bursts(&clients, ids, |c, _| async move {
+        assert_eq!(c.get("/healthz").await, 200, "healthz");
+    })
+    .await;
+    let session = bursts(&clients, ids, |c, _| async move {
+        assert_eq!(c.get("/api/v1/session").await, 200, "session");
+    })
+    .await;
     let reads = bursts(&clients, ids, |c, id| async move {
         let s = c.get(&format!("/api/v1/requests/{id}")).await;
         assert_eq!(s, 200, "view {id}");
@@ -641,7 +652,25 @@ async fn approve(base: &str, ids: &[String]) -> (Latencies, Latencies, Latencies
         serial.push(t0.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(s, 200, "decide {id}: {body}");
     }
-    (percentiles(reads), percentiles(all), percentiles(serial))
+    Decisions {
+        health: percentiles(health),
+        session: percentiles(session),
+        reads: percentiles(reads),
+        decide: percentiles(all),
+        serial: percentiles(serial),
+    }
+}
+
+/// The latencies of [`approve`]: the floors under a decision, then the decisions.
+struct Decisions {
+    /// `GET /healthz`, 100 at once: HTTP on this machine, no session, no database.
+    health: Latencies,
+    /// `GET /api/v1/session`, 100 at once: HTTP and the session lookup (one statement).
+    session: Latencies,
+    /// `GET /api/v1/requests/{id}`, 100 at once: everything a decision does but the writing.
+    reads: Latencies,
+    decide: Latencies,
+    serial: Latencies,
 }
 
 fn percentiles(mut all: Vec<f64>) -> Latencies {
@@ -658,9 +687,7 @@ fn percentiles(mut all: Vec<f64>) -> Latencies {
 struct Load {
     post_rate: f64,
     loop_rate: f64,
-    decide: Latencies,
-    serial: Latencies,
-    reads: Latencies,
+    decisions: Decisions,
 }
 
 /// The load phases on a running server: POST rate, the plain loop, the decisions.
@@ -688,15 +715,13 @@ async fn load(server: &Server, url: &str, n: usize) -> Load {
     let (post_rate, loop_rate) = (n as f64 / post_secs, n as f64 / loop_secs);
     let pool = open_pool(url).await;
     drain_jobs(&pool).await;
-    let (reads, decide, serial) = approve(&server.base(), &ids).await;
+    let decisions = approve(&server.base(), &ids).await;
     drain_jobs(&pool).await;
     pool.close().await;
     Load {
         post_rate,
         loop_rate,
-        decide,
-        serial,
-        reads,
+        decisions,
     }
 }
 
@@ -751,7 +776,7 @@ async fn run(n: usize) {
         "\nfootprint bench: release twokey serve, {} cores, {n} requests from {REQUESTERS} clients, \
          {} decisions ({APPROVE_ROUNDS} rounds of {APPROVE_CLIENTS} at once)",
         std::thread::available_parallelism().map_or(0, |p| p.get()),
-        sqlite.decide.n
+        sqlite.decisions.decide.n
     );
     println!("  {:<58} {:>10} {:>10}", "", "SQLite", "PostgreSQL");
     println!(
@@ -805,25 +830,43 @@ async fn run(n: usize) {
         println!(
             "  {:<58} {:>10.1} {:>10.1}",
             name,
-            f(&sqlite.decide),
-            f(&postgres.decide)
+            f(&sqlite.decisions.decide),
+            f(&postgres.decisions.decide)
+        );
+    }
+    for (name, f) in [
+        (
+            "floor: GET /healthz, 100 at once, p50/p99 (ms)",
+            (|d: &Decisions| &d.health) as fn(&Decisions) -> &Latencies,
+        ),
+        (
+            "floor: GET /api/v1/session, 100 at once, p50/p99 (ms)",
+            |d| &d.session,
+        ),
+        (
+            "floor: GET of the request, 100 at once, p50/p99 (ms)",
+            |d| &d.reads,
+        ),
+    ] {
+        let (a, b) = (f(&sqlite.decisions), f(&postgres.decisions));
+        println!(
+            "  {:<58} {:>10} {:>10}",
+            name,
+            format!("{:.1}/{:.1}", a.p50, a.p99),
+            format!("{:.1}/{:.1}", b.p50, b.p99)
         );
     }
     println!(
-        "  {:<58} {:>10} {:>10}",
-        "read floor: GET of the request, 100 at once, p50/p99 (ms)",
-        format!("{:.1}/{:.1}", sqlite.reads.p50, sqlite.reads.p99),
-        format!("{:.1}/{:.1}", postgres.reads.p50, postgres.reads.p99)
-    );
-    println!(
         "  {:<58} {:>10.1} {:>10.1}",
         format!("decision p50, one at a time from one client (ms, {SERIAL_DECISIONS})"),
-        sqlite.serial.p50,
-        postgres.serial.p50
+        sqlite.decisions.serial.p50,
+        postgres.decisions.serial.p50
     );
     println!(
         "  {:<58} {:>10.1} {:>10.1}",
-        "decision max, one at a time (ms)", sqlite.serial.max, postgres.serial.max
+        "decision max, one at a time (ms)",
+        sqlite.decisions.serial.max,
+        postgres.decisions.serial.max
     );
     println!("\nagainst the limits:");
     println!(
@@ -858,8 +901,8 @@ async fn run(n: usize) {
     for (name, l) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
         println!(
             "  decision p99 at 100 ({name:<10})  {:>7.1} ms of 10 ms          {}",
-            l.decide.p99,
-            common::verdict(l.decide.p99 <= 10.0)
+            l.decisions.decide.p99,
+            common::verdict(l.decisions.decide.p99 <= 10.0)
         );
     }
     common::print_load_average();

@@ -90,9 +90,10 @@ pub async fn load(
         return Ok(None);
     }
     let hash = hash_token(token);
-    let Some(row) = store.get_session(&hash).await? else {
+    let Some(load) = store.get_session(&hash).await? else {
         return Ok(None);
     };
+    let row = load.session;
     let expired = timefmt::parse(&row.expires_at)
         .map(|t| t <= now)
         .unwrap_or(true);
@@ -103,18 +104,16 @@ pub async fn load(
         store.delete_session(&hash).await?;
         return Ok(None);
     }
-    let principal = match &row.principal_id {
-        Some(id) => match store.get_principal(id).await? {
-            Some(p) => Some(Principal {
-                id: p.principal_id,
-                email: p.email,
-                name: p.name,
-                azure_object_id: p.azure_object_id,
-                groups: serde_json::from_str(&row.groups).unwrap_or_default(),
-            }),
-            None => None,
-        },
-        None => None,
+    // A session whose principal row is gone signs nobody in.
+    let principal = match (&row.principal_id, load.principal_found) {
+        (Some(id), Some(_)) => Some(Principal {
+            id: id.clone(),
+            email: load.principal_email.unwrap_or_default(),
+            name: load.principal_name.unwrap_or_default(),
+            azure_object_id: load.principal_object_id,
+            groups: serde_json::from_str(&row.groups).unwrap_or_default(),
+        }),
+        _ => None,
     };
     // Touch at most once a minute: idle timeouts do not need finer grain.
     if timefmt::parse(&row.last_seen_at)

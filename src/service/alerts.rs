@@ -126,13 +126,12 @@ impl Service {
                 event: event.clone(),
             })
             .map_err(|e| super::ServiceError::Internal(e.to_string()))?;
-            tx.insert_job(&self.new_job(
+            tx.queue_job(self.new_job(
                 JobKind::Webhook,
                 event.request_id.as_deref(),
                 payload,
                 format!("webhook:{key}:{}", hook.name),
-            ))
-            .await?;
+            ));
         }
         Ok(())
     }
@@ -176,13 +175,12 @@ impl Service {
                 extra: extra.clone(),
             })
             .map_err(|e| super::ServiceError::Internal(e.to_string()))?;
-            tx.insert_job(&self.new_job(
+            tx.queue_job(self.new_job(
                 JobKind::Mail,
                 notice.request_id.as_deref(),
                 payload,
                 format!("mail:alert:{key}:{}", w.to_lowercase()),
-            ))
-            .await?;
+            ));
         }
         let model = crate::notify::alert_model(notice);
         let event = WebhookEvent::from_model(

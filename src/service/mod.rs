@@ -212,14 +212,13 @@ impl Service {
             extra,
         })
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        tx.insert_job(&self.job(
+        tx.queue_job(self.job(
             JobKind::Mail,
             &req.request_id,
             payload,
             Some(dedupe),
             self.now(),
-        ))
-        .await?;
+        ));
         Ok(())
     }
 
@@ -567,14 +566,13 @@ impl Service {
                     }),
                 )
                 .await?;
-                tx.insert_job(&self.job(
+                tx.queue_job(self.job(
                     JobKind::Grant,
                     id,
                     json!({}),
                     Some(format!("grant:{id}")),
                     now,
-                ))
-                .await?;
+                ));
                 self.queue_requester(&mut tx, &req, "approved").await?;
                 self.queue_watchers(&mut tx, &req, "approved").await?;
                 self.queue_already_decided(&mut tx, &req, &prior_rows, p)
@@ -932,9 +930,7 @@ impl Service {
             .get_request(id)
             .await?
             .ok_or(ServiceError::NotFound)?;
-        let decisions = self.store.decisions_for(id).await?;
-        let events = self.store.audit_for_request(id).await?;
-        view::build(self, req, decisions, events)
+        self.view_of(req).await
     }
 
     /// One request, if `p` may see it (else `NotFound`, so ids do not leak).
@@ -947,7 +943,14 @@ impl Service {
         if !self.may_see(p, &req) {
             return Err(ServiceError::NotFound);
         }
-        self.view(id).await
+        self.view_of(req).await
+    }
+
+    /// The view of a request row just read: its decisions and audit events added.
+    async fn view_of(&self, req: RequestRow) -> ServiceResult<RequestView> {
+        let decisions = self.store.decisions_for(&req.request_id).await?;
+        let events = self.store.audit_for_request(&req.request_id).await?;
+        view::build(self, req, decisions, events)
     }
 
     /// Requests `p` made (`role = requester`), may decide on (`approver`), or both.

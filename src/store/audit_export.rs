@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::{AnyPool, AssertSqlSafe};
 
-use super::{AuditRow, Store, StoreError, StoreResult};
+use super::{AuditRow, Store, StoreError, StoreResult, Tx};
 
 /// Rows per page read (and per batch handed to the consumer).
 const BATCH: usize = 1000;
@@ -398,6 +398,15 @@ impl Store {
             return Ok(());
         };
         let mut tx = self.begin().await?;
+        tx.insert_audit_rows(rows).await?;
+        tx.set_audit_head(last.seq, &last.hash);
+        tx.commit().await
+    }
+}
+
+impl Tx {
+    /// Insert ready-made audit rows, in order, as multi-row inserts. It moves no head.
+    pub(super) async fn insert_audit_rows(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
         // 12 values per row; 400 rows stay under SQLite's and PostgreSQL's bind limits.
         for chunk in rows.chunks(400) {
             let mut sql = format!("insert into audit_event ({AUDIT_COLUMNS}) values ");
@@ -414,22 +423,21 @@ impl Store {
             for e in chunk {
                 q = q
                     .bind(e.seq)
-                    .bind(e.at.clone())
-                    .bind(e.action.clone())
-                    .bind(e.actor_id.clone())
-                    .bind(e.actor_email.clone())
-                    .bind(e.actor_object_id.clone())
-                    .bind(e.actor_ip.clone())
-                    .bind(e.actor_user_agent.clone())
-                    .bind(e.request_id.clone())
-                    .bind(e.details.clone())
-                    .bind(e.prev_hash.clone())
-                    .bind(e.hash.clone());
+                    .bind(&e.at)
+                    .bind(&e.action)
+                    .bind(&e.actor_id)
+                    .bind(&e.actor_email)
+                    .bind(&e.actor_object_id)
+                    .bind(&e.actor_ip)
+                    .bind(&e.actor_user_agent)
+                    .bind(&e.request_id)
+                    .bind(&e.details)
+                    .bind(&e.prev_hash)
+                    .bind(&e.hash);
             }
-            q.execute(tx.member.conn()).await?;
+            q.execute(self.member.conn()).await?;
         }
-        tx.set_audit_head(last.seq, &last.hash);
-        tx.commit().await
+        Ok(())
     }
 }
 

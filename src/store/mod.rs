@@ -88,6 +88,12 @@ pub struct Tx {
     /// Actions of the audit events written in this transaction, counted in the metrics once
     /// it commits.
     audited: Vec<String>,
+    /// Jobs queued with [`Tx::queue_job`], inserted together in one statement before the
+    /// transaction commits or touches the job table otherwise.
+    queued_jobs: Vec<NewJob>,
+    /// Audit events appended with [`Tx::append_audit`], inserted together before the
+    /// transaction commits or reads the audit table.
+    queued_audit: Vec<AuditRow>,
 }
 
 impl Store {
@@ -216,6 +222,8 @@ impl Store {
             group: self.group.clone(),
             backend: self.backend,
             audited: Vec::new(),
+            queued_jobs: Vec::new(),
+            queued_audit: Vec::new(),
         })
     }
 
@@ -477,10 +485,16 @@ impl Store {
         Ok(())
     }
 
-    pub async fn get_session(&self, hash: &str) -> StoreResult<Option<SessionRow>> {
+    /// A session and its principal, in one statement: every signed-in request starts here, so
+    /// one round trip rather than two is worth a join.
+    pub async fn get_session(&self, hash: &str) -> StoreResult<Option<SessionLoadRow>> {
         Ok(sqlx::query_as(
-            "select session_hash, principal_id, csrf_token, groups, created_at, last_seen_at, \
-             expires_at, notice from session where session_hash = $1",
+            "select s.session_hash, s.principal_id, s.csrf_token, s.groups, s.created_at, \
+             s.last_seen_at, s.expires_at, s.notice, p.email as principal_email, \
+             p.name as principal_name, p.azure_object_id as principal_object_id, \
+             p.principal_id as principal_found \
+             from session s left join principal p on p.principal_id = s.principal_id \
+             where s.session_hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -864,8 +878,6 @@ impl Store {
         .await?)
     }
 
-    /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
-    #[doc(hidden)]
     /// Two text columns of every row of `sql` (tests and benches only).
     #[doc(hidden)]
     pub async fn query_pairs_for_tests(&self, sql: &str) -> Vec<(String, String)> {
@@ -875,6 +887,8 @@ impl Store {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Run raw SQL: for tests that tamper with the database on purpose, and nothing else.
+    #[doc(hidden)]
     pub async fn execute_raw_for_tests(&self, sql: &str) -> StoreResult<u64> {
         Ok(sqlx::query(AssertSqlSafe(sql.to_string()))
             .execute(&self.pool)
@@ -891,13 +905,17 @@ impl Tx {
     /// Run one statement of the caller's inside this transaction (tests only).
     #[doc(hidden)]
     pub async fn execute_raw_for_tests(&mut self, sql: &str) -> StoreResult<u64> {
+        self.flush().await?;
         Ok(sqlx::query(AssertSqlSafe(sql.to_string()))
             .execute(self.member.conn())
             .await?
             .rows_affected())
     }
 
-    pub async fn commit(self) -> StoreResult<()> {
+    pub async fn commit(mut self) -> StoreResult<()> {
+        // SECURITY: the queued events and jobs (grants, revokes, mails) are part of the
+        // transaction: they go in before it commits, or it fails and nothing of it is kept.
+        self.flush().await?;
         self.group.commit(self.member).await?;
         crate::metrics::audit_committed(&self.audited);
         Ok(())
@@ -1035,8 +1053,78 @@ impl Tx {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Queue a job. With a `dedupe_key` already present, nothing is added (returns `false`).
+    /// Queue a job with the transaction's other queued jobs: they are inserted in one statement
+    /// before the transaction commits (or reads or changes the job table), with the dedupe of
+    /// [`Tx::insert_job`] (a `dedupe_key` already present, in the table or earlier in the
+    /// queue, adds nothing). A decision that queues a grant and three mails writes them in one
+    /// round trip instead of four, inside the writer slot that every writer waits for.
+    pub fn queue_job(&mut self, j: NewJob) {
+        self.queued_jobs.push(j);
+    }
+
+    /// Insert what is queued: the audit events, then the jobs.
+    async fn flush(&mut self) -> StoreResult<()> {
+        if !self.queued_audit.is_empty() {
+            let rows = std::mem::take(&mut self.queued_audit);
+            self.insert_audit_rows(&rows).await?;
+        }
+        self.flush_jobs().await
+    }
+
+    /// Insert the jobs queued with [`Tx::queue_job`], in queue order, as multi-row inserts.
+    async fn flush_jobs(&mut self) -> StoreResult<()> {
+        /// Rows per statement: 8 parameters each, far below SQLite's and PostgreSQL's limits.
+        const CHUNK: usize = 200;
+        if self.queued_jobs.is_empty() {
+            return Ok(());
+        }
+        let mut jobs = std::mem::take(&mut self.queued_jobs);
+        // The first of two jobs with the same key wins, as with one insert after another
+        // (and one statement must not hold a key twice for ON CONFLICT).
+        let mut seen = std::collections::HashSet::new();
+        jobs.retain(|j| j.dedupe_key.as_ref().is_none_or(|k| seen.insert(k.clone())));
+        for chunk in jobs.chunks(CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, 'queued', 0, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
+                 max_attempts, run_at, created_at) values {} on conflict (dedupe_key) do nothing",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for j in chunk {
+                q = q
+                    .bind(&j.job_id)
+                    .bind(&j.kind)
+                    .bind(&j.request_id)
+                    .bind(&j.payload)
+                    .bind(&j.dedupe_key)
+                    .bind(j.max_attempts)
+                    .bind(&j.run_at)
+                    .bind(&j.created_at);
+            }
+            q.execute(self.member.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// Queue a job now. With a `dedupe_key` already present, nothing is added (returns `false`).
     pub async fn insert_job(&mut self, j: &NewJob) -> StoreResult<bool> {
+        self.flush_jobs().await?;
         let r = sqlx::query(
             "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
              max_attempts, run_at, created_at) values ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $8) \
@@ -1057,6 +1145,7 @@ impl Tx {
 
     /// Bring a queued job forward (e.g. the revoke of a window ended early).
     pub async fn reschedule_job(&mut self, dedupe_key: &str, run_at: &str) -> StoreResult<bool> {
+        self.flush_jobs().await?;
         let r = sqlx::query(
             "update job set run_at = $1 where dedupe_key = $2 and state = 'queued' and run_at > $1",
         )
@@ -1070,6 +1159,7 @@ impl Tx {
     /// Finish a claimed job. `false` means the lease was lost (another worker took over): the
     /// caller must roll back so the job's effect is not applied twice.
     pub async fn complete_job(&mut self, j: &JobRow, owner: &str, now: &str) -> StoreResult<bool> {
+        self.flush_jobs().await?;
         let r = sqlx::query(
             "update job set state = 'done', finished_at = $1, lease_owner = null, lease_until = null \
              where job_id = $2 and lease_owner = $3 and attempts = $4 and state = 'queued'",
@@ -1091,6 +1181,7 @@ impl Tx {
         now: &str,
         error: &str,
     ) -> StoreResult<bool> {
+        self.flush_jobs().await?;
         let r = sqlx::query(
             "update job set state = 'failed', finished_at = $1, last_error = $2, lease_owner = null, \
              lease_until = null where job_id = $3 and lease_owner = $4 and attempts = $5 and state = 'queued'",
@@ -1261,6 +1352,7 @@ impl Tx {
         request_id: Option<&str>,
         since: &str,
     ) -> StoreResult<i64> {
+        self.flush().await?;
         let q = match request_id {
             Some(r) => sqlx::query_scalar(
                 "select count(*) from audit_event where action = $1 and request_id = $2 and at >= $3",
@@ -1345,35 +1437,20 @@ impl Tx {
         self.member.head()
     }
 
-    /// Move the head to an event already inserted in this transaction (bulk seeding).
+    /// Move the head to an event already inserted in this transaction (bulk seeding; not
+    /// with events appended and not yet flushed).
     pub(crate) fn set_audit_head(&mut self, seq: i64, hash: &str) {
+        debug_assert!(self.queued_audit.is_empty(), "seeding after append_audit");
         self.member.set_head((seq, hash.to_string()));
     }
 
-    /// Append one event and move the head to it (the head row is written once per group, at
-    /// its commit).
+    /// Append one event and move the head to it. The row is inserted with the transaction's
+    /// other events in one statement before it commits (or reads the audit table); the head
+    /// row is written once per group, at its commit.
     pub async fn append_audit(&mut self, e: &AuditRow) -> StoreResult<()> {
         self.audited.push(e.action.clone());
-        sqlx::query(
-            "insert into audit_event (seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
-             actor_user_agent, request_id, details, prev_hash, hash) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(e.seq)
-        .bind(&e.at)
-        .bind(&e.action)
-        .bind(&e.actor_id)
-        .bind(&e.actor_email)
-        .bind(&e.actor_object_id)
-        .bind(&e.actor_ip)
-        .bind(&e.actor_user_agent)
-        .bind(&e.request_id)
-        .bind(&e.details)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(self.member.conn())
-        .await?;
         self.member.set_head((e.seq, e.hash.clone()));
+        self.queued_audit.push(e.clone());
         Ok(())
     }
 }

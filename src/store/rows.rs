@@ -189,6 +189,19 @@ pub struct SessionRow {
     pub notice: Option<String>,
 }
 
+/// A session with its principal's name and ids, read in one statement (a left join: the
+/// `principal_*` columns are null when the session is signed out or its principal is gone).
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionLoadRow {
+    #[sqlx(flatten)]
+    pub session: SessionRow,
+    pub principal_email: Option<String>,
+    pub principal_name: Option<String>,
+    pub principal_object_id: Option<String>,
+    /// The principal row's own id: `Some` exactly when the principal exists.
+    pub principal_found: Option<String>,
+}
+
 /// An OpenID Connect sign-in in progress (see migration 0002).
 #[derive(Debug, Clone, FromRow)]
 pub struct OidcLoginRow {

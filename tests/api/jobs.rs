@@ -244,3 +244,81 @@ async fn a_batch_claim_takes_the_oldest_due_jobs_and_no_job_twice(b: Backend) {
     let expected: Vec<String> = (3..40).map(|i| format!("job-{i:02}")).collect();
     assert_eq!(claimed, expected, "every due job once, the future one not");
 }
+
+both_backends!(queued_jobs_go_in_with_the_commit_once_per_key_and_never_without_it);
+
+/// `Tx::queue_job` holds jobs back and inserts them in multi-row statements: they must be in
+/// the table once the transaction commits (more than one statement's worth included), the
+/// first of two with the same dedupe key wins, as it would one insert after another (in the
+/// queue, against an immediate `insert_job`, and against a row committed earlier), and a
+/// transaction that does not commit leaves none of them.
+async fn queued_jobs_go_in_with_the_commit_once_per_key_and_never_without_it(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = twokey::store::Store::connect(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = timefmt::fmt(time::OffsetDateTime::now_utc());
+    let job = |id: &str, key: Option<&str>| twokey::store::NewJob {
+        job_id: id.into(),
+        kind: "test.queued".into(),
+        request_id: None,
+        payload: format!("{{\"from\":\"{id}\"}}"),
+        dedupe_key: key.map(Into::into),
+        max_attempts: 1,
+        run_at: now.clone(),
+        created_at: now.clone(),
+    };
+    let jobs = |store: twokey::store::Store| async move {
+        store
+            .query_pairs_for_tests(
+                "select job_id, coalesce(dedupe_key, '-') from job where kind = 'test.queued' \
+                 order by job_id",
+            )
+            .await
+    };
+
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_job(job("a", Some("k1")));
+    tx.queue_job(job("b", Some("k1")));
+    tx.queue_job(job("c", None));
+    // An immediate insert sees the queue's jobs first, as if they had gone in one by one.
+    assert!(tx.insert_job(&job("d", Some("k2"))).await.unwrap());
+    assert!(!tx.insert_job(&job("d2", Some("k1"))).await.unwrap());
+    tx.queue_job(job("e", Some("k2")));
+    for i in 0..450 {
+        tx.queue_job(job(&format!("n{i:03}"), Some(&format!("n{i:03}"))));
+    }
+    assert!(
+        jobs(store.clone()).await.is_empty(),
+        "nothing is visible before the commit"
+    );
+    tx.commit().await.unwrap();
+    let got = jobs(store.clone()).await;
+    let mut want = vec![
+        ("a".to_string(), "k1".to_string()),
+        ("c".into(), "-".into()),
+        ("d".into(), "k2".into()),
+    ];
+    want.extend((0..450).map(|i| (format!("n{i:03}"), format!("n{i:03}"))));
+    assert_eq!(got, want);
+
+    // Dropped without a commit: nothing of it stays, queued or not.
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_job(job("f", Some("k3")));
+    assert!(tx.insert_job(&job("g", Some("k4"))).await.unwrap());
+    tx.queue_job(job("h", Some("k5")));
+    drop(tx);
+    // A key already in the table adds nothing when queued later.
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_job(job("i", Some("k1")));
+    tx.queue_job(job("j", Some("k6")));
+    tx.commit().await.unwrap();
+    let got = jobs(store.clone()).await;
+    assert_eq!(got.len(), want.len() + 1, "{:?}", &got[..4]);
+    assert!(got.contains(&("j".into(), "k6".into())));
+    for gone in ["f", "g", "h", "i"] {
+        assert!(
+            got.iter().all(|(id, _)| id != gone),
+            "{gone} is in the table"
+        );
+    }
+}
