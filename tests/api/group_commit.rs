@@ -14,6 +14,7 @@ both_backends!(
     queued_writers_share_a_commit_and_keep_their_own_fate,
     a_failed_group_commit_fails_every_member_and_keeps_nothing,
     writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind,
+    an_event_that_cannot_go_in_fails_its_own_commit_and_keeps_nothing_of_it,
 );
 
 async fn store_for(b: Backend) -> (TestDb, Store) {
@@ -218,4 +219,95 @@ async fn writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind(b
         jobs_present(&store).await,
         vec!["c-after".to_string(), "c-holder".to_string()]
     );
+}
+
+/// A transaction's audit events and jobs are queued and inserted just before it commits. If
+/// that insert fails (here: an event row with the `seq` the next event needs, put there behind
+/// the store's back), the commit must fail and keep nothing of that transaction, alone or as
+/// the second member of a group, while the group's first member commits and the head stays
+/// at the last event that went in.
+async fn an_event_that_cannot_go_in_fails_its_own_commit_and_keeps_nothing_of_it(b: Backend) {
+    let (_db, store) = store_for(b).await;
+    let stray = |seq: i64| {
+        format!(
+            "insert into audit_event (seq, at, action, details, prev_hash, hash) \
+             values ({seq}, '2026-01-01T00:00:00Z', 'stray', '{{}}', 'p', 'h')"
+        )
+    };
+    let head = |store: Store| async move {
+        store
+            .query_pairs_for_tests("select cast(seq as text), hash from audit_head")
+            .await
+    };
+
+    // Alone: the event would be seq 1, which is taken.
+    store.execute_raw_for_tests(&stray(1)).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_job(&job("alone-at-once")).await.unwrap();
+    tx.queue_job(job("alone"));
+    assert_eq!(record_one(&mut tx, 1).await.unwrap(), 1);
+    let alone = tx.commit().await;
+    assert!(alone.is_err(), "{alone:?}");
+    assert!(jobs_present(&store).await.is_empty());
+    assert_eq!(head(store.clone()).await[0].0, "0");
+
+    // In a group: the holder's event (seq 2: the head is moved past the stray row by hand)
+    // goes in; the joiner's (seq 3) is taken.
+    store
+        .execute_raw_for_tests("update audit_head set seq = 1, hash = 'h' where id = 1")
+        .await
+        .unwrap();
+    store.execute_raw_for_tests(&stray(3)).await.unwrap();
+    let mut holder = store.begin().await.unwrap();
+    holder.queue_job(job("holder"));
+    assert_eq!(record_one(&mut holder, 2).await.unwrap(), 2);
+    let joiner = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            tx.insert_job(&job("joiner-at-once")).await?;
+            tx.queue_job(job("joiner"));
+            audit::record(
+                &mut tx,
+                time::OffsetDateTime::now_utc(),
+                Action::RequestCreated,
+                &Actor::system(),
+                None,
+                json!({ "writer": "joiner" }),
+            )
+            .await?;
+            tx.commit().await
+        })
+    };
+    until_queued(&store, 1).await;
+    holder.commit().await.unwrap();
+    let joined = joiner.await.unwrap();
+    assert!(joined.is_err(), "{joined:?}");
+    assert_eq!(jobs_present(&store).await, vec!["holder".to_string()]);
+    let h = head(store.clone()).await;
+    assert_eq!(h[0].0, "2", "the head is the holder's event: {h:?}");
+    let actions = store
+        .query_pairs_for_tests("select cast(seq as text), action from audit_event order by seq")
+        .await;
+    assert_eq!(
+        actions,
+        [
+            ("1".to_string(), "stray".to_string()),
+            ("2".into(), "request.created".into()),
+            ("3".into(), "stray".into()),
+        ]
+    );
+}
+
+/// One `request.created` event by the system in `tx`; its `seq`.
+async fn record_one(tx: &mut twokey::store::Tx, writer: i64) -> Result<i64, StoreError> {
+    audit::record(
+        tx,
+        time::OffsetDateTime::now_utc(),
+        Action::RequestCreated,
+        &Actor::system(),
+        None,
+        json!({ "writer": writer }),
+    )
+    .await
 }
