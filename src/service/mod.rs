@@ -379,9 +379,13 @@ impl Service {
         self.queue_watchers(&mut tx, &row, "created").await?;
         self.check_new_request(&mut tx, &row, valid.operation.reversible, &caller.actor())
             .await?;
+        // The answer is the request as committed, built without reading it back: it is the row
+        // just inserted, it has no decisions yet, and every event it has is one of this
+        // transaction's.
+        let events = tx.events_of(&row.request_id);
         tx.commit().await?;
         self.wake_worker();
-        self.view(&row.request_id).await
+        view::build(self, row, Vec::new(), events)
     }
 
     /// Record an approver's decision; the last needed approval approves, any deny vetoes.

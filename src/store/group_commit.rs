@@ -127,9 +127,20 @@ impl GroupCommit {
         Fut: std::future::Future<Output = StoreResult<(sqlx::Transaction<'static, Any>, Head)>>,
     {
         let mut guard = {
-            self.queued.fetch_add(1, Ordering::SeqCst);
-            let _queued = Queued(&self.queued);
-            self.slot.clone().lock_owned().await
+            let lock = self.slot.clone().lock_owned();
+            tokio::pin!(lock);
+            // The first poll takes the slot or puts this writer in the mutex's (FIFO) queue;
+            // only then is it counted as queued. Counted earlier, a member committing in
+            // between could see it, hand the group on, and have the flusher it spawns queue
+            // ahead of it: the group would then commit without the writer it waited for.
+            match futures::poll!(&mut lock) {
+                std::task::Poll::Ready(guard) => guard,
+                std::task::Poll::Pending => {
+                    self.queued.fetch_add(1, Ordering::SeqCst);
+                    let _queued = Queued(&self.queued);
+                    lock.await
+                }
+            }
         };
         undo_dropped_member(&mut guard).await;
         if let Some(group) = guard.open.as_mut() {

@@ -91,9 +91,11 @@ pub struct Tx {
     /// Jobs queued with [`Tx::queue_job`], inserted together in one statement before the
     /// transaction commits or touches the job table otherwise.
     queued_jobs: Vec<NewJob>,
-    /// Audit events appended with [`Tx::append_audit`], inserted together before the
-    /// transaction commits or reads the audit table.
-    queued_audit: Vec<AuditRow>,
+    /// Audit events appended with [`Tx::append_audit`], in order; those from
+    /// `audit_inserted` on are inserted together before the transaction commits or reads the
+    /// audit table.
+    appended_audit: Vec<AuditRow>,
+    audit_inserted: usize,
 }
 
 impl Store {
@@ -223,7 +225,8 @@ impl Store {
             backend: self.backend,
             audited: Vec::new(),
             queued_jobs: Vec::new(),
-            queued_audit: Vec::new(),
+            appended_audit: Vec::new(),
+            audit_inserted: 0,
         })
     }
 
@@ -1064,17 +1067,18 @@ impl Tx {
 
     /// Insert what is queued: the audit events, then the jobs.
     async fn flush(&mut self) -> StoreResult<()> {
-        if !self.queued_audit.is_empty() {
-            let rows = std::mem::take(&mut self.queued_audit);
-            self.insert_audit_rows(&rows).await?;
+        if self.audit_inserted < self.appended_audit.len() {
+            let rows = std::mem::take(&mut self.appended_audit);
+            let inserted = self.insert_audit_rows(&rows[self.audit_inserted..]).await;
+            self.appended_audit = rows;
+            inserted?;
+            self.audit_inserted = self.appended_audit.len();
         }
         self.flush_jobs().await
     }
 
     /// Insert the jobs queued with [`Tx::queue_job`], in queue order, as multi-row inserts.
     async fn flush_jobs(&mut self) -> StoreResult<()> {
-        /// Rows per statement: 8 parameters each, far below SQLite's and PostgreSQL's limits.
-        const CHUNK: usize = 200;
         if self.queued_jobs.is_empty() {
             return Ok(());
         }
@@ -1083,23 +1087,28 @@ impl Tx {
         // (and one statement must not hold a key twice for ON CONFLICT).
         let mut seen = std::collections::HashSet::new();
         jobs.retain(|j| j.dedupe_key.as_ref().is_none_or(|k| seen.insert(k.clone())));
+        self.insert_jobs(&jobs).await?;
+        Ok(())
+    }
+
+    /// Insert `jobs` in order as multi-row statements, each skipping a `dedupe_key` already
+    /// present: how many went in.
+    async fn insert_jobs(&mut self, jobs: &[NewJob]) -> StoreResult<u64> {
+        /// Rows per statement: 8 parameters each, far below SQLite's and PostgreSQL's limits.
+        const CHUNK: usize = 200;
+        let mut added = 0;
         for chunk in jobs.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let b = i * 8;
+                    let p: Vec<String> = (1..=8).map(|k| format!("${}", i * 8 + k)).collect();
                     format!(
-                        "(${}, ${}, ${}, ${}, ${}, 'queued', 0, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8
+                        "({}, 'queued', 0, {})",
+                        p[..5].join(", "),
+                        p[5..].join(", ")
                     )
                 })
                 .collect();
+            // SQL-safe: only `$n` placeholders are spliced in.
             let sql = format!(
                 "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
                  max_attempts, run_at, created_at) values {} on conflict (dedupe_key) do nothing",
@@ -1117,30 +1126,15 @@ impl Tx {
                     .bind(&j.run_at)
                     .bind(&j.created_at);
             }
-            q.execute(self.member.conn()).await?;
+            added += q.execute(self.member.conn()).await?.rows_affected();
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Queue a job now. With a `dedupe_key` already present, nothing is added (returns `false`).
     pub async fn insert_job(&mut self, j: &NewJob) -> StoreResult<bool> {
         self.flush_jobs().await?;
-        let r = sqlx::query(
-            "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
-             max_attempts, run_at, created_at) values ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $8) \
-             on conflict (dedupe_key) do nothing",
-        )
-        .bind(&j.job_id)
-        .bind(&j.kind)
-        .bind(&j.request_id)
-        .bind(&j.payload)
-        .bind(&j.dedupe_key)
-        .bind(j.max_attempts)
-        .bind(&j.run_at)
-        .bind(&j.created_at)
-        .execute(self.member.conn())
-        .await?;
-        Ok(r.rows_affected() == 1)
+        Ok(self.insert_jobs(std::slice::from_ref(j)).await? == 1)
     }
 
     /// Bring a queued job forward (e.g. the revoke of a window ended early).
@@ -1440,7 +1434,7 @@ impl Tx {
     /// Move the head to an event already inserted in this transaction (bulk seeding; not
     /// with events appended and not yet flushed).
     pub(crate) fn set_audit_head(&mut self, seq: i64, hash: &str) {
-        debug_assert!(self.queued_audit.is_empty(), "seeding after append_audit");
+        debug_assert!(self.appended_audit.is_empty(), "seeding after append_audit");
         self.member.set_head((seq, hash.to_string()));
     }
 
@@ -1450,7 +1444,17 @@ impl Tx {
     pub async fn append_audit(&mut self, e: &AuditRow) -> StoreResult<()> {
         self.audited.push(e.action.clone());
         self.member.set_head((e.seq, e.hash.clone()));
-        self.queued_audit.push(e.clone());
+        self.appended_audit.push(e.clone());
         Ok(())
+    }
+
+    /// The events about `request_id` appended in this transaction, in order. For a request
+    /// created in it, these are all the events it has when the transaction commits.
+    pub fn events_of(&self, request_id: &str) -> Vec<AuditRow> {
+        self.appended_audit
+            .iter()
+            .filter(|e| e.request_id.as_deref() == Some(request_id))
+            .cloned()
+            .collect()
     }
 }

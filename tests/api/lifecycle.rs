@@ -15,6 +15,7 @@ both_backends!(
     a_policy_change_voids_pending_requests,
     two_of_m_needs_two_distinct_people_from_distinct_groups,
     irreversible_operations_need_two_approvals_on_a_one_approval_guard,
+    the_answer_to_a_create_is_the_request_as_stored,
 );
 
 async fn create_approve_activate_and_end_early(b: Backend) {
@@ -268,4 +269,23 @@ async fn irreversible_operations_need_two_approvals_on_a_one_approval_guard(b: B
     let id = req["id"].as_str().unwrap();
     assert_eq!(bob.decide(id, "approve").await.1["state"], "pending");
     assert_eq!(carol.decide(id, "approve").await.1["state"], "approved");
+}
+
+/// The answer to `POST /api/v1/requests` is built from what the creating transaction wrote,
+/// not read back: it must be exactly what a `GET` of the request shows (the worker has not
+/// run, so nothing was added since), the `request.created` event included.
+async fn the_answer_to_a_create_is_the_request_as_stored(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let alice = app.client_as("alice@demo.twokey").await;
+    let created = alice.create(&single_vault(), REVERSIBLE_OP).await;
+    let id = created["id"].as_str().unwrap();
+    let (s, stored) = alice.get_json(&format!("/api/v1/requests/{id}")).await;
+    assert_eq!(s, StatusCode::OK, "{stored}");
+    assert_eq!(created, stored);
+    let timeline = created["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty(), "{created}");
+    assert!(
+        timeline[0].to_string().contains("request.created"),
+        "{timeline:?}"
+    );
 }
