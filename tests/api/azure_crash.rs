@@ -25,9 +25,16 @@ pub(crate) struct Broker {
 
 /// A private copy of the `twokey` binary, so that every start in a test runs the same build
 /// (a shared target directory may be rebuilt by another checkout meanwhile).
+///
+/// A hard link where it can be: a copy is written through a file descriptor, and a process
+/// that another test forks at that moment inherits it, so running the copy can fail with
+/// "Text file busy" (ETXTBSY) until that child has exec'd. A link opens nothing for writing,
+/// and keeps this build even when cargo puts a new file in the binary's place.
 pub(crate) fn binary_copy(dir: &Path) -> std::path::PathBuf {
     let to = dir.join("twokey-under-test");
-    std::fs::copy(env!("CARGO_BIN_EXE_twokey"), &to).expect("copy the twokey binary");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_twokey"), &to).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_twokey"), &to).expect("copy the twokey binary");
+    }
     to
 }
 
