@@ -447,16 +447,6 @@ impl Store {
         Ok(id)
     }
 
-    pub async fn get_principal(&self, id: &str) -> StoreResult<Option<PrincipalRow>> {
-        Ok(sqlx::query_as(
-            "select principal_id, issuer, subject, email, email_normalized, name, azure_object_id, \
-             created_at from principal where principal_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
     /// One writing statement as a transaction of its own, through the writer slot like every
     /// write (see [`Store::begin`]). Returns the rows it changed.
     async fn execute_alone(
