@@ -133,6 +133,8 @@ impl GroupCommit {
             // only then is it counted as queued. Counted earlier, a member committing in
             // between could see it, hand the group on, and have the flusher it spawns queue
             // ahead of it: the group would then commit without the writer it waited for.
+            // (Tokio ≥ 1.54 queues the waiter on that first poll even when it then yields for
+            // its co-op budget; Cargo.toml asks for it.)
             match futures::poll!(&mut lock) {
                 std::task::Poll::Ready(guard) => guard,
                 std::task::Poll::Pending => {

@@ -905,6 +905,10 @@ impl Tx {
             .rows_affected())
     }
 
+    /// Commit, with everything queued. A caller must not go on to commit after one of its
+    /// writes failed: PostgreSQL answers COMMIT of a transaction in which a statement failed by
+    /// rolling it back *without an error*, so only the queued rows (tried again here, and
+    /// failing again in an aborted transaction) would tell. Every write ends with `?`.
     pub async fn commit(mut self) -> StoreResult<()> {
         // SECURITY: the queued events and jobs (grants, revokes, mails) are part of the
         // transaction: they go in before it commits, or it fails and nothing of it is kept.
@@ -1060,6 +1064,8 @@ impl Tx {
         if self.audit_inserted < self.appended_audit.len() {
             let rows = std::mem::take(&mut self.appended_audit);
             let inserted = self.insert_audit_rows(&rows[self.audit_inserted..]).await;
+            // Kept either way; on an error still counted as not inserted, so `commit` tries
+            // them again or fails (never commits without them).
             self.appended_audit = rows;
             inserted?;
             self.audit_inserted = self.appended_audit.len();
@@ -1077,7 +1083,12 @@ impl Tx {
         // (and one statement must not hold a key twice for ON CONFLICT).
         let mut seen = std::collections::HashSet::new();
         jobs.retain(|j| j.dedupe_key.as_ref().is_none_or(|k| seen.insert(k.clone())));
-        self.insert_jobs(&jobs).await?;
+        if let Err(e) = self.insert_jobs(&jobs).await {
+            // SECURITY: kept queued, so that `commit` tries them again or fails: a caller that
+            // went on after this error can never commit without its grant or revoke jobs.
+            self.queued_jobs = jobs;
+            return Err(e);
+        }
         Ok(())
     }
 

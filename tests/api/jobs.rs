@@ -287,10 +287,6 @@ async fn queued_jobs_go_in_with_the_commit_once_per_key_and_never_without_it(b: 
     for i in 0..450 {
         tx.queue_job(job(&format!("n{i:03}"), Some(&format!("n{i:03}"))));
     }
-    assert!(
-        jobs(store.clone()).await.is_empty(),
-        "nothing is visible before the commit"
-    );
     tx.commit().await.unwrap();
     let got = jobs(store.clone()).await;
     let mut want = vec![
@@ -321,4 +317,43 @@ async fn queued_jobs_go_in_with_the_commit_once_per_key_and_never_without_it(b: 
             "{gone} is in the table"
         );
     }
+}
+
+both_backends!(a_transaction_whose_queued_jobs_failed_to_go_in_cannot_commit_without_them);
+
+/// If inserting the queued jobs fails (here: a job id already taken) and the caller goes on
+/// anyway, the transaction must not commit without them: `commit` tries them again and fails.
+/// On SQLite a failed statement leaves the transaction open, so this is the case that matters.
+async fn a_transaction_whose_queued_jobs_failed_to_go_in_cannot_commit_without_them(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = twokey::store::Store::connect(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = timefmt::fmt(time::OffsetDateTime::now_utc());
+    let job = |id: &str, key: &str| twokey::store::NewJob {
+        job_id: id.into(),
+        kind: "test.poisoned".into(),
+        request_id: None,
+        payload: "{}".into(),
+        dedupe_key: Some(key.into()),
+        max_attempts: 1,
+        run_at: now.clone(),
+        created_at: now.clone(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_job(&job("taken", "k0")).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    tx.queue_job(job("grant-1", "k1"));
+    tx.queue_job(job("taken", "k2"));
+    // The flush before this insert fails on the taken id; the caller ignores it.
+    assert!(tx.insert_job(&job("mail-1", "k3")).await.is_err());
+    let committed = tx.commit().await;
+    assert!(committed.is_err(), "{committed:?}");
+    let rows = store
+        .query_pairs_for_tests(
+            "select job_id, dedupe_key from job where kind = 'test.poisoned' order by job_id",
+        )
+        .await;
+    assert_eq!(rows, [("taken".to_string(), "k0".to_string())]);
 }
