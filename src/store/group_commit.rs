@@ -312,6 +312,12 @@ async fn commit_group(slot: &mut Slot, stats: &Stats) -> StoreResult<()> {
                 .bind(&group.head.1)
                 .execute(&mut *tx)
                 .await?;
+        } else if tx.backend_name() == "PostgreSQL" {
+            // SECURITY: PostgreSQL answers COMMIT of a transaction in which a statement failed
+            // by rolling it back without an error. A writer whose failed statement was
+            // swallowed would be told "committed" for work that is gone; any statement here
+            // fails in such a transaction instead (the head update above does the same).
+            sqlx::query("select 1").execute(&mut *tx).await?;
         }
         tx.commit().await
     }

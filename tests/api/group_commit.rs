@@ -15,6 +15,7 @@ both_backends!(
     a_failed_group_commit_fails_every_member_and_keeps_nothing,
     writers_cancelled_while_queued_or_inside_a_group_leave_nothing_behind,
     an_event_that_cannot_go_in_fails_its_own_commit_and_keeps_nothing_of_it,
+    a_commit_says_ok_only_when_the_work_was_kept_even_after_a_swallowed_error,
 );
 
 async fn store_for(b: Backend) -> (TestDb, Store) {
@@ -310,4 +311,25 @@ async fn record_one(tx: &mut twokey::store::Tx, writer: i64) -> Result<i64, Stor
         json!({ "writer": writer }),
     )
     .await
+}
+
+/// A writer that swallows the error of one of its statements and then commits (no code here
+/// should, but the store must not lie about it): `commit` may say `Ok` only if its work was
+/// kept. PostgreSQL rolls back such a transaction on COMMIT without an error; SQLite keeps the
+/// transaction and the statements that worked.
+async fn a_commit_says_ok_only_when_the_work_was_kept_even_after_a_swallowed_error(b: Backend) {
+    let (_db, store) = store_for(b).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_job(&job("kept-or-not")).await.unwrap();
+    assert!(
+        tx.execute_raw_for_tests("select * from no_such_table")
+            .await
+            .is_err()
+    );
+    let committed = tx.commit().await;
+    let kept = jobs_present(&store).await == vec!["kept-or-not".to_string()];
+    assert_eq!(committed.is_ok(), kept, "commit said {committed:?}");
+    if b == Backend::Postgres {
+        assert!(committed.is_err(), "PostgreSQL rolled it back");
+    }
 }
