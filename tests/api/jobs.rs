@@ -256,17 +256,7 @@ async fn queued_jobs_go_in_with_the_commit_once_per_key_and_never_without_it(b: 
     let db = TestDb::new(b).await;
     let store = twokey::store::Store::connect(&db.url, 4).await.unwrap();
     store.migrate().await.unwrap();
-    let now = timefmt::fmt(time::OffsetDateTime::now_utc());
-    let job = |id: &str, key: Option<&str>| twokey::store::NewJob {
-        job_id: id.into(),
-        kind: "test.queued".into(),
-        request_id: None,
-        payload: format!("{{\"from\":\"{id}\"}}"),
-        dedupe_key: key.map(Into::into),
-        max_attempts: 1,
-        run_at: now.clone(),
-        created_at: now.clone(),
-    };
+    let job = |id: &str, key: Option<&str>| store_job("test.queued", id, key);
     let jobs = |store: twokey::store::Store| async move {
         store
             .query_pairs_for_tests(
@@ -323,22 +313,13 @@ both_backends!(a_transaction_whose_queued_jobs_failed_to_go_in_cannot_commit_wit
 
 /// If inserting the queued jobs fails (here: a job id already taken) and the caller goes on
 /// anyway, the transaction must not commit without them: `commit` tries them again and fails.
-/// On SQLite a failed statement leaves the transaction open, so this is the case that matters.
+/// (On SQLite a failed statement leaves the transaction open and committable; on PostgreSQL a
+/// COMMIT after it rolls back without an error: either way only the retry tells.)
 async fn a_transaction_whose_queued_jobs_failed_to_go_in_cannot_commit_without_them(b: Backend) {
     let db = TestDb::new(b).await;
     let store = twokey::store::Store::connect(&db.url, 4).await.unwrap();
     store.migrate().await.unwrap();
-    let now = timefmt::fmt(time::OffsetDateTime::now_utc());
-    let job = |id: &str, key: &str| twokey::store::NewJob {
-        job_id: id.into(),
-        kind: "test.poisoned".into(),
-        request_id: None,
-        payload: "{}".into(),
-        dedupe_key: Some(key.into()),
-        max_attempts: 1,
-        run_at: now.clone(),
-        created_at: now.clone(),
-    };
+    let job = |id: &str, key: &str| store_job("test.poisoned", id, Some(key));
     let mut tx = store.begin().await.unwrap();
     tx.insert_job(&job("taken", "k0")).await.unwrap();
     tx.commit().await.unwrap();
@@ -356,4 +337,19 @@ async fn a_transaction_whose_queued_jobs_failed_to_go_in_cannot_commit_without_t
         )
         .await;
     assert_eq!(rows, [("taken".to_string(), "k0".to_string())]);
+}
+
+/// A due job of `kind` for the store tests, with its dedupe key if any.
+fn store_job(kind: &str, id: &str, key: Option<&str>) -> twokey::store::NewJob {
+    let now = timefmt::fmt(time::OffsetDateTime::now_utc());
+    twokey::store::NewJob {
+        job_id: id.into(),
+        kind: kind.into(),
+        request_id: None,
+        payload: format!("{{\"from\":\"{id}\"}}"),
+        dedupe_key: key.map(Into::into),
+        max_attempts: 1,
+        run_at: now.clone(),
+        created_at: now,
+    }
 }
