@@ -103,9 +103,9 @@ pub fn spawn_upkeep() {
 }
 
 /// Audit events of a committed transaction.
-pub fn audit_committed(actions: &[String]) {
+pub fn audit_committed<'a>(actions: impl Iterator<Item = &'a str>) {
     for a in actions {
-        metrics::counter!("twokey_audit_events_total", "action" => a.clone()).increment(1);
+        metrics::counter!("twokey_audit_events_total", "action" => a.to_string()).increment(1);
     }
 }
 

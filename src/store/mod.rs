@@ -85,15 +85,12 @@ pub struct Tx {
     member: group_commit::Member,
     group: std::sync::Arc<group_commit::GroupCommit>,
     backend: Backend,
-    /// Actions of the audit events written in this transaction, counted in the metrics once
-    /// it commits.
-    audited: Vec<String>,
     /// Jobs queued with [`Tx::queue_job`], inserted together in one statement before the
     /// transaction commits or touches the job table otherwise.
     queued_jobs: Vec<NewJob>,
     /// Audit events appended with [`Tx::append_audit`], in order; those from
     /// `audit_inserted` on are inserted together before the transaction commits or reads the
-    /// audit table.
+    /// audit table. Counted in the metrics once it commits.
     appended_audit: Vec<AuditRow>,
     audit_inserted: usize,
 }
@@ -223,7 +220,6 @@ impl Store {
             member,
             group: self.group.clone(),
             backend: self.backend,
-            audited: Vec::new(),
             queued_jobs: Vec::new(),
             appended_audit: Vec::new(),
             audit_inserted: 0,
@@ -914,7 +910,7 @@ impl Tx {
         // transaction: they go in before it commits, or it fails and nothing of it is kept.
         self.flush().await?;
         self.group.commit(self.member).await?;
-        crate::metrics::audit_committed(&self.audited);
+        crate::metrics::audit_committed(self.appended_audit.iter().map(|e| e.action.as_str()));
         Ok(())
     }
 
@@ -1443,7 +1439,6 @@ impl Tx {
     /// other events in one statement before it commits (or reads the audit table); the head
     /// row is written once per group, at its commit.
     pub async fn append_audit(&mut self, e: &AuditRow) -> StoreResult<()> {
-        self.audited.push(e.action.clone());
         self.member.set_head((e.seq, e.hash.clone()));
         self.appended_audit.push(e.clone());
         Ok(())
