@@ -12,6 +12,8 @@ pub mod audit;
 pub mod auth;
 /// Azure: ARM client, credentials, elevation backends, preflight.
 pub mod azure;
+/// Coalescing concurrent calls into batches (sessions, decisions).
+pub mod batch;
 /// Time as a dependency (real or manual).
 pub mod clock;
 /// Configuration: file, environment, secrets, validation.

@@ -7,6 +7,7 @@ pub mod jobs_api {
     pub use super::jobs_impl::{JobFailure, JobKind, step_guid};
 }
 mod alerts;
+mod decide;
 mod jobs_impl;
 mod posture;
 mod reconcile;
@@ -25,8 +26,7 @@ use crate::config::Config;
 use crate::domain::policy::GuardPolicy;
 use crate::domain::principal::Principal;
 use crate::domain::request::{
-    self, DomainError, EndReason, NewRequestInput, PriorDecision, RequestFacts, RequestState,
-    Verdict,
+    self, DomainError, EndReason, NewRequestInput, PriorDecision, RequestState, Verdict,
 };
 use crate::store::{
     DecisionRow, NewJob, RequestFilter, RequestRow, Store, StoreError, TransitionSet, Tx,
@@ -109,6 +109,8 @@ pub struct Service {
     pub http: reqwest::Client,
     /// Once-a-day job keys this process already queued (saves a write per sweep).
     daily_queued: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Decisions waiting for the next batch (see `decide`).
+    decider: Arc<decide::DecisionBatcher>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -147,6 +149,7 @@ impl Service {
             last_reconcile: Arc::new(std::sync::Mutex::new(None)),
             http,
             daily_queued: Arc::new(std::sync::Mutex::new(Vec::new())),
+            decider: Arc::new(decide::DecisionBatcher::new(decide::DECISION_BATCH)),
         })
     }
 
@@ -431,198 +434,15 @@ impl Service {
         jti: Option<&str>,
     ) -> ServiceResult<RequestView> {
         let comment = request::clean_comment(comment)?;
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
-        if let Some(jti) = jti
-            && !tx.consume_review_token(jti, &timefmt::fmt(now)).await?
-        {
-            return Err(DomainError::Forbidden(LINK_USED.into()).into());
-        }
-        let req = tx.get_request(id).await?.ok_or(ServiceError::NotFound)?;
-        let state = parse_state(&req.state)?;
-        let Some(guard) = self.guard(&req.guard) else {
-            // SECURITY: a guard removed from the config approves nothing.
-            self.void_in(&mut tx, &req, EndReason::PolicyChanged, now)
-                .await?;
-            tx.commit().await?;
-            return Err(DomainError::PolicyChanged.into());
-        };
-        let prior_rows = tx.decisions_for(id).await?;
-        let prior: Vec<PriorDecision> = prior_rows
-            .iter()
-            .map(prior_decision)
-            .collect::<Result<_, _>>()?;
-        let facts = RequestFacts {
-            state,
-            requester: crate::domain::principal::PrincipalRef {
-                id: req.requester_id.clone(),
-                email: req.requester_email.clone(),
-                name: req.requester_name.clone(),
-                azure_object_id: req.requester_object_id.clone(),
-            },
-            policy_hash: req.policy_hash.clone(),
-            deadline: parse_time(&req.deadline)?,
-            required_approvals: u32::try_from(req.required_approvals).unwrap_or(u32::MAX),
-        };
-        let outcome = match request::evaluate_decision(
-            &facts,
-            &prior,
-            guard,
-            &caller.principal,
+        self.decide_queued(decide::DecisionCall {
+            caller: caller.clone(),
+            id: id.to_string(),
             verdict,
-            now,
-        ) {
-            Ok(o) => o,
-            Err(e @ (DomainError::PolicyChanged | DomainError::DeadlinePassed)) => {
-                // Fail closed, and make the state say so at once rather than at the next sweep.
-                let reason = if e == DomainError::PolicyChanged {
-                    EndReason::PolicyChanged
-                } else {
-                    EndReason::Deadline
-                };
-                self.void_in(&mut tx, &req, reason, now).await?;
-                tx.commit().await?;
-                self.wake_worker();
-                return Err(e.into());
-            }
-            Err(DomainError::SelfApproval) => {
-                // The refusal stands; the attempt itself is news for the watchers.
-                drop(tx);
-                self.self_approval_attempt(
-                    &caller.actor(),
-                    &caller.principal,
-                    &req,
-                    channel.as_str(),
-                )
-                .await?;
-                return Err(DomainError::SelfApproval.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let p = &caller.principal;
-        let inserted = tx
-            .insert_decision(&DecisionRow {
-                decision_id: new_id(),
-                request_id: id.to_string(),
-                approver_id: p.id.clone(),
-                approver_email: p.email.clone(),
-                approver_name: p.name.clone(),
-                approver_object_id: p.azure_object_id.clone(),
-                verdict: verdict.as_str().into(),
-                comment: comment.clone(),
-                matched: serde_json::to_string(&outcome.matched).expect("json"),
-                channel: channel.as_str().into(),
-                at: timefmt::fmt(now),
-            })
-            .await?;
-        if !inserted {
-            return Err(DomainError::AlreadyDecided.into());
-        }
-        let action = match verdict {
-            Verdict::Approve => Action::DecisionApproved,
-            Verdict::Deny => Action::DecisionDenied,
-        };
-        audit::record(
-            &mut tx,
-            now,
-            action,
-            &caller.actor(),
-            Some(id),
-            json!({
-                "comment": comment,
-                "channel": channel.as_str(),
-                "matched": outcome.matched,
-                "approvals": outcome.approvals,
-                "required_approvals": req.required_approvals,
-                "approver": { "id": p.id, "email": p.email, "name": p.name, "object_id": p.azure_object_id, "groups": p.groups },
-            }),
-        )
-        .await?;
-        match outcome.new_state {
-            Some(RequestState::Approved) => {
-                let moved = tx
-                    .transition(
-                        id,
-                        "pending",
-                        "approved",
-                        &TransitionSet {
-                            decided_at: Some(timefmt::fmt(now)),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                if !moved {
-                    return Err(DomainError::StateConflict(state).into());
-                }
-                let role = guard.role_definition_id.clone();
-                audit::record(
-                    &mut tx,
-                    now,
-                    Action::GrantRequested,
-                    &Actor::system(),
-                    Some(id),
-                    json!({
-                        "backend": guard.elevation.as_str(),
-                        "scope": guard.resource_guard_id.to_string(),
-                        "role_definition_id": role,
-                        "principal_object_id": req.requester_object_id,
-                        "duration_minutes": req.duration_minutes,
-                    }),
-                )
-                .await?;
-                tx.queue_job(self.job(
-                    JobKind::Grant,
-                    id,
-                    json!({}),
-                    Some(format!("grant:{id}")),
-                    now,
-                ));
-                self.queue_requester(&mut tx, &req, "approved").await?;
-                self.queue_watchers(&mut tx, &req, "approved").await?;
-                self.queue_already_decided(&mut tx, &req, &prior_rows, p)
-                    .await?;
-            }
-            Some(RequestState::Denied) => {
-                let moved = tx
-                    .transition(
-                        id,
-                        "pending",
-                        "denied",
-                        &TransitionSet {
-                            decided_at: Some(timefmt::fmt(now)),
-                            end_reason: Some(EndReason::Denied.as_str().into()),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                if !moved {
-                    return Err(DomainError::StateConflict(state).into());
-                }
-                self.queue_requester(&mut tx, &req, "denied").await?;
-                self.queue_watchers(&mut tx, &req, "denied").await?;
-                self.queue_already_decided(&mut tx, &req, &prior_rows, p)
-                    .await?;
-            }
-            _ => {
-                // One approval of several: tell the watchers who (one mail per approver).
-                let extra = json!({ "event": "approval", "by": p.email });
-                self.queue_watchers_with(&mut tx, &req, extra, &format!("approval:{}", p.id))
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        let settled = match outcome.new_state {
-            Some(RequestState::Approved) => Some("approved"),
-            Some(RequestState::Denied) => Some("denied"),
-            _ => None,
-        };
-        if let Some(decision) = settled
-            && let Ok(created) = timefmt::parse(&req.created_at)
-        {
-            crate::metrics::decided(decision, (now - created).unsigned_abs());
-        }
-        self.wake_worker();
-        self.view(id).await
+            comment,
+            channel,
+            jti: jti.map(str::to_string),
+        })
+        .await
     }
 
     /// Tell approvers who have not decided that the request is settled.
@@ -676,32 +496,39 @@ impl Service {
                 &req.request_id,
                 "pending",
                 "expired",
-                &TransitionSet {
-                    ended_at: Some(timefmt::fmt(now)),
-                    end_reason: Some(reason.as_str().into()),
-                    ..Default::default()
-                },
+                &void_set(reason, now),
             )
             .await?;
         if moved {
-            audit::record(
-                tx,
-                now,
-                Action::RequestExpired,
-                &Actor::system(),
-                Some(&req.request_id),
-                json!({
-                    "reason": reason.as_str(),
-                    "deadline": req.deadline,
-                    "policy_hash": req.policy_hash,
-                    "current_policy_hash": self.guard(&req.guard).map(GuardPolicy::hash),
-                }),
-            )
-            .await?;
-            self.queue_requester(tx, req, "expired").await?;
-            self.queue_watchers(tx, req, "expired").await?;
+            self.record_void(tx, req, reason, now).await?;
         }
         Ok(moved)
+    }
+
+    /// What a request's void writes besides its state: the event and the mails.
+    async fn record_void(
+        &self,
+        tx: &mut Tx,
+        req: &RequestRow,
+        reason: EndReason,
+        now: OffsetDateTime,
+    ) -> ServiceResult<()> {
+        audit::record(
+            tx,
+            now,
+            Action::RequestExpired,
+            &Actor::system(),
+            Some(&req.request_id),
+            json!({
+                "reason": reason.as_str(),
+                "deadline": req.deadline,
+                "policy_hash": req.policy_hash,
+                "current_policy_hash": self.guard(&req.guard).map(GuardPolicy::hash),
+            }),
+        )
+        .await?;
+        self.queue_requester(tx, req, "expired").await?;
+        self.queue_watchers(tx, req, "expired").await
     }
 
     /// The requester withdraws a pending request.
@@ -1018,6 +845,15 @@ impl Service {
             out.push(view::build(self, r, decisions, vec![])?);
         }
         Ok(out)
+    }
+}
+
+/// The columns a void sets besides the state.
+fn void_set(reason: EndReason, now: OffsetDateTime) -> TransitionSet {
+    TransitionSet {
+        ended_at: Some(timefmt::fmt(now)),
+        end_reason: Some(reason.as_str().into()),
+        ..Default::default()
     }
 }
 

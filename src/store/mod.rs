@@ -37,6 +37,111 @@ pub enum StoreError {
     /// transaction was committed.
     #[error("database error: the commit failed: {0}")]
     GroupCommit(std::sync::Arc<str>),
+    /// A batched statement failed for every call in its batch (see [`crate::batch`]).
+    #[error("database error: {0}")]
+    Batch(std::sync::Arc<str>),
+}
+
+/// One session lookup's answer, as a batch gives it to each of its calls.
+type SessionAnswer = Result<Option<SessionLoadRow>, std::sync::Arc<str>>;
+
+/// Session lookups coalesced into one statement (see [`Store::get_session`]).
+type SessionBatcher = crate::batch::Batcher<String, SessionAnswer>;
+
+/// Sessions per lookup statement at most.
+const SESSION_BATCH: usize = 128;
+
+/// Look up the sessions of `calls` in one statement and answer each.
+async fn load_sessions(pool: &AnyPool, calls: Vec<crate::batch::Call<String, SessionAnswer>>) {
+    let mut hashes: Vec<&str> = calls.iter().map(|c| c.item.as_str()).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    // SQL-safe: only `$n` placeholders are spliced in.
+    let sql = format!(
+        "select s.session_hash, s.principal_id, s.csrf_token, s.groups, s.created_at, \
+         s.last_seen_at, s.expires_at, s.notice, p.email as principal_email, \
+         p.name as principal_name, p.azure_object_id as principal_object_id, \
+         p.principal_id as principal_found \
+         from session s left join principal p on p.principal_id = s.principal_id \
+         where s.session_hash in ({})",
+        placeholders(1, hashes.len())
+    );
+    let mut q = sqlx::query_as::<_, SessionLoadRow>(AssertSqlSafe(sql));
+    for h in &hashes {
+        q = q.bind(*h);
+    }
+    match q.fetch_all(pool).await {
+        Ok(rows) => {
+            let mut found: std::collections::HashMap<String, SessionLoadRow> = rows
+                .into_iter()
+                .map(|r| (r.session.session_hash.clone(), r))
+                .collect();
+            let mut calls = calls;
+            // The last call for a hash takes the row, the earlier ones a copy.
+            while let Some(c) = calls.pop() {
+                let row = if calls.iter().any(|o| o.item == c.item) {
+                    found.get(&c.item).cloned()
+                } else {
+                    found.remove(&c.item)
+                };
+                c.answer(Ok(row));
+            }
+        }
+        Err(e) => {
+            let e: std::sync::Arc<str> = e.to_string().into();
+            for c in calls {
+                c.answer(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The requests with these ids (those that exist), in one statement.
+async fn fetch_requests<'c, E>(ex: E, ids: &[&str]) -> StoreResult<Vec<RequestRow>>
+where
+    E: Executor<'c, Database = sqlx::Any>,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SQL-safe: only `$n` placeholders are spliced in.
+    let sql = format!(
+        "{SELECT_REQUESTS} where request_id in ({})",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(ex).await?)
+}
+
+/// The decisions on these requests, each request's in the order of [`Store::decisions_for`].
+async fn fetch_decisions<'c, E>(ex: E, ids: &[&str]) -> StoreResult<Vec<DecisionRow>>
+where
+    E: Executor<'c, Database = sqlx::Any>,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SQL-safe: only `$n` placeholders are spliced in.
+    let sql = format!(
+        "{SELECT_DECISIONS_FROM} where request_id in ({}) order by at, decision_id",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query_as::<_, DecisionRow>(AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(ex).await?)
+}
+
+/// `$first, $first+1, …`: `n` placeholders for an `in (…)` list.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -61,6 +166,8 @@ pub struct Store {
     postgres_url: Option<std::sync::Arc<str>>,
     /// This process's writer slot (see `group_commit`).
     group: std::sync::Arc<group_commit::GroupCommit>,
+    /// Session lookups waiting for the next batch.
+    sessions: std::sync::Arc<SessionBatcher>,
 }
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -127,6 +234,12 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings a connection before handing it out, and again when it comes back: two
+            // round trips around every pooled statement. A SQLite connection is a handle on a
+            // local file that nothing outside this process can break, so the first ping is
+            // dropped there. On PostgreSQL it stays: after a failover every idle connection is
+            // dead, and the ping takes it out before a request's statement would fail on it.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -145,6 +258,7 @@ impl Store {
             sqlite_file,
             postgres_url: (backend == Backend::Postgres).then(|| url.as_str().into()),
             group: group_commit::GroupCommit::new(),
+            sessions: std::sync::Arc::new(SessionBatcher::new(SESSION_BATCH)),
         })
     }
 
@@ -270,6 +384,36 @@ impl Store {
             .bind(request_id)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// The requests with these ids that exist, in one statement (any order).
+    pub async fn requests_by_ids(&self, ids: &[&str]) -> StoreResult<Vec<RequestRow>> {
+        fetch_requests(&self.pool, ids).await
+    }
+
+    /// The decisions on these requests, in one statement; per request in the order of
+    /// [`Store::decisions_for`].
+    pub async fn decisions_for_requests(&self, ids: &[&str]) -> StoreResult<Vec<DecisionRow>> {
+        fetch_decisions(&self.pool, ids).await
+    }
+
+    /// The audit events about these requests, in one statement, in chain order.
+    pub async fn audit_for_requests(&self, ids: &[&str]) -> StoreResult<Vec<AuditRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQL-safe: only `$n` placeholders are spliced in.
+        let sql = format!(
+            "select seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
+             actor_user_agent, request_id, details, prev_hash, hash from audit_event \
+             where request_id in ({}) order by seq",
+            placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     pub async fn audit_for_request(&self, request_id: &str) -> StoreResult<Vec<AuditRow>> {
@@ -476,18 +620,25 @@ impl Store {
 
     /// A session and its principal, in one statement: every signed-in request starts here, so
     /// one round trip rather than two is worth a join.
+    ///
+    /// Lookups that arrive while one runs are coalesced: the next statement looks up all of
+    /// them at once (`where session_hash in (…)`, see [`crate::batch`]). Each is still read
+    /// from the database at the time of its request, never from a cache: a session signed out
+    /// or expired through any replica stops working at once.
     pub async fn get_session(&self, hash: &str) -> StoreResult<Option<SessionLoadRow>> {
-        Ok(sqlx::query_as(
-            "select s.session_hash, s.principal_id, s.csrf_token, s.groups, s.created_at, \
-             s.last_seen_at, s.expires_at, s.notice, p.email as principal_email, \
-             p.name as principal_name, p.azure_object_id as principal_object_id, \
-             p.principal_id as principal_found \
-             from session s left join principal p on p.principal_id = s.principal_id \
-             where s.session_hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?)
+        let pool = self.pool.clone();
+        let answer = self
+            .sessions
+            .call(hash.to_string(), move |calls| {
+                let pool = pool.clone();
+                async move { load_sessions(&pool, calls).await }
+            })
+            .await;
+        match answer {
+            Some(Ok(row)) => Ok(row),
+            Some(Err(e)) => Err(StoreError::Batch(e)),
+            None => Err(StoreError::Batch("the session lookup stopped".into())),
+        }
     }
 
     pub async fn touch_session(&self, hash: &str, now: &str) -> StoreResult<()> {
@@ -926,6 +1077,126 @@ impl Tx {
             .bind(request_id)
             .fetch_all(self.member.conn())
             .await?)
+    }
+
+    /// [`Store::requests_by_ids`], inside this transaction.
+    pub async fn requests_by_ids(&mut self, ids: &[&str]) -> StoreResult<Vec<RequestRow>> {
+        fetch_requests(self.member.conn(), ids).await
+    }
+
+    /// [`Store::decisions_for_requests`], inside this transaction.
+    pub async fn decisions_for_requests(&mut self, ids: &[&str]) -> StoreResult<Vec<DecisionRow>> {
+        fetch_decisions(self.member.conn(), ids).await
+    }
+
+    /// Insert decisions in one statement; none may exist yet for its request and approver
+    /// (the caller checked). Returns how many went in: fewer means one did exist, and the
+    /// caller must not commit.
+    pub async fn insert_decisions(&mut self, rows: &[DecisionRow]) -> StoreResult<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        const COLS: usize = 11;
+        let values: Vec<String> = (0..rows.len())
+            .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
+            .collect();
+        // SQL-safe: only `$n` placeholders are spliced in.
+        let sql = format!(
+            "insert into decision (decision_id, request_id, approver_id, approver_email, \
+             approver_name, approver_object_id, verdict, comment, matched, channel, at) \
+             values {} on conflict (request_id, approver_id) do nothing",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for d in rows {
+            q = q
+                .bind(&d.decision_id)
+                .bind(&d.request_id)
+                .bind(&d.approver_id)
+                .bind(&d.approver_email)
+                .bind(&d.approver_name)
+                .bind(&d.approver_object_id)
+                .bind(&d.verdict)
+                .bind(&d.comment)
+                .bind(&d.matched)
+                .bind(&d.channel)
+                .bind(&d.at);
+        }
+        Ok(q.execute(self.member.conn()).await?.rows_affected())
+    }
+
+    /// [`Tx::transition`] for several requests at once, each only if it is still in `from`:
+    /// how many moved.
+    pub async fn transition_all(
+        &mut self,
+        ids: &[&str],
+        from: &str,
+        to: &str,
+        set: &TransitionSet,
+    ) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // SQL-safe: only `$n` placeholders are spliced in.
+        let sql = format!(
+            "update request set state = $1, \
+               decided_at = coalesce($2, decided_at), \
+               active_from = coalesce($3, active_from), \
+               active_until = coalesce($4, active_until), \
+               ended_at = coalesce($5, ended_at), \
+               end_reason = coalesce($6, end_reason), \
+               failure_message = coalesce($7, failure_message) \
+             where state = $8 and request_id in ({})",
+            placeholders(9, ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(to)
+            .bind(&set.decided_at)
+            .bind(&set.active_from)
+            .bind(&set.active_until)
+            .bind(&set.ended_at)
+            .bind(&set.end_reason)
+            .bind(&set.failure_message)
+            .bind(from);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.execute(self.member.conn()).await?.rows_affected())
+    }
+
+    /// Of these review tokens, the ones not used yet.
+    pub async fn unused_review_tokens(&mut self, jtis: &[&str]) -> StoreResult<Vec<String>> {
+        if jtis.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQL-safe: only `$n` placeholders are spliced in.
+        let sql = format!(
+            "select jti from review_token where used_at is null and jti in ({})",
+            placeholders(1, jtis.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+        for j in jtis {
+            q = q.bind(*j);
+        }
+        Ok(q.fetch_all(self.member.conn()).await?)
+    }
+
+    /// [`Tx::consume_review_token`] for several tokens at once: how many were unused and are
+    /// used now.
+    pub async fn consume_review_tokens(&mut self, jtis: &[&str], now: &str) -> StoreResult<u64> {
+        if jtis.is_empty() {
+            return Ok(0);
+        }
+        // SQL-safe: only `$n` placeholders are spliced in.
+        let sql = format!(
+            "update review_token set used_at = $1 where used_at is null and jti in ({})",
+            placeholders(2, jtis.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
+        for j in jtis {
+            q = q.bind(*j);
+        }
+        Ok(q.execute(self.member.conn()).await?.rows_affected())
     }
 
     pub async fn insert_request(&mut self, r: &RequestRow) -> StoreResult<()> {

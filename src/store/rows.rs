@@ -8,15 +8,34 @@ pub(super) const SELECT_REQUEST: &str = "select request_id, guard, policy_hash, 
     duration_minutes, required_approvals, state, created_at, deadline, decided_at, active_from, \
     active_until, end_requested_at, end_requested_by, ended_at, end_reason, failure_message from request";
 
-pub(super) const SELECT_REQUEST_BY_ID: &str = "select request_id, guard, policy_hash, vault_id, operation, \
+/// `select <every request column> from request`, to be followed by a `where`.
+macro_rules! select_requests {
+    () => {
+        "select request_id, guard, policy_hash, vault_id, operation, \
     requester_id, requester_email, requester_name, requester_object_id, justification, ticket, \
     duration_minutes, required_approvals, state, created_at, deadline, decided_at, active_from, \
-    active_until, end_requested_at, end_requested_by, ended_at, end_reason, failure_message from request \
-    where request_id = $1";
+    active_until, end_requested_at, end_requested_by, ended_at, end_reason, failure_message from request"
+    };
+}
 
-pub(super) const SELECT_DECISIONS: &str = "select decision_id, request_id, approver_id, approver_email, \
-    approver_name, approver_object_id, verdict, comment, matched, channel, at from decision \
-    where request_id = $1 order by at, decision_id";
+/// `select <every decision column> from decision`, to be followed by a `where`.
+macro_rules! select_decisions {
+    () => {
+        "select decision_id, request_id, approver_id, approver_email, \
+    approver_name, approver_object_id, verdict, comment, matched, channel, at from decision"
+    };
+}
+
+pub(super) const SELECT_REQUESTS: &str = select_requests!();
+
+pub(super) const SELECT_REQUEST_BY_ID: &str = concat!(select_requests!(), " where request_id = $1");
+
+pub(super) const SELECT_DECISIONS_FROM: &str = select_decisions!();
+
+pub(super) const SELECT_DECISIONS: &str = concat!(
+    select_decisions!(),
+    " where request_id = $1 order by at, decision_id"
+);
 
 pub(super) const JOB_COLUMNS: &str = "job_id, kind, request_id, payload, dedupe_key, state, attempts, \
     max_attempts, run_at, lease_owner, lease_until, last_error, created_at, finished_at";
