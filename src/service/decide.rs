@@ -25,6 +25,7 @@
 //! that moved) fails the batch the same way: never a commit of a decision judged on stale rows.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
 use time::OffsetDateTime;
@@ -54,11 +55,31 @@ pub(super) struct DecisionCall {
     pub(super) jti: Option<String>,
 }
 
-/// Decisions waiting for the next batch.
-pub(super) type DecisionBatcher = Batcher<DecisionCall, ServiceResult<RequestView>>;
+/// What a request's view is built from: the row, its decisions, its events.
+type ViewRows = (RequestRow, Vec<DecisionRow>, Vec<crate::store::AuditRow>);
+
+/// A decision's answer from its batch: the rows of its request's view, built by the caller
+/// (in its own task, on any core, rather than one after another in the batch's task).
+type Answer = ServiceResult<Box<ViewRows>>;
 
 /// Decisions per batch at most (11 parameters per decision in its insert).
-pub(super) const DECISION_BATCH: usize = 128;
+const DECISION_BATCH: usize = 128;
+
+/// The decisions waiting for the next batch, and how batches went.
+pub(super) struct Decider {
+    batcher: Batcher<DecisionCall, Answer>,
+    /// Batches of more than one decision that failed and were decided one by one.
+    split: AtomicU64,
+}
+
+impl Decider {
+    pub(super) fn new() -> Self {
+        Self {
+            batcher: Batcher::new(DECISION_BATCH),
+            split: AtomicU64::new(0),
+        }
+    }
+}
 
 /// What one decision comes to, judged against the batch's rows; nothing written yet.
 enum Plan {
@@ -148,10 +169,29 @@ fn stale(what: &str) -> ServiceError {
 }
 
 impl Service {
+    /// Decisions queued for the next batch now (for tests that need a batch to form).
+    #[doc(hidden)]
+    pub fn decisions_waiting(&self) -> usize {
+        self.decider.batcher.waiting()
+    }
+
+    /// (batches run, decisions they held, batches that failed and were split) since start.
+    #[doc(hidden)]
+    pub fn decision_batch_stats(&self) -> (u64, u64, u64) {
+        let (batches, decisions) = self.decider.batcher.stats();
+        (
+            batches,
+            decisions,
+            self.decider.split.load(Ordering::SeqCst),
+        )
+    }
+
     /// Queue a decision for the next batch and wait for its answer.
     pub(super) async fn decide_queued(&self, call: DecisionCall) -> ServiceResult<RequestView> {
         let svc = self.clone();
-        self.decider
+        let rows = self
+            .decider
+            .batcher
             .call(call, move |calls| {
                 let svc = svc.clone();
                 async move { svc.decide_batch(calls).await }
@@ -161,10 +201,12 @@ impl Service {
                 Err(ServiceError::Internal(
                     "the decision stopped before it was answered".into(),
                 ))
-            })
+            })?;
+        let (req, decisions, events) = *rows;
+        view::build(self, req, decisions, events)
     }
 
-    async fn decide_batch(self, calls: Vec<Call<DecisionCall, ServiceResult<RequestView>>>) {
+    async fn decide_batch(self, calls: Vec<Call<DecisionCall, Answer>>) {
         let items: Vec<&DecisionCall> = calls.iter().map(|c| &c.item).collect();
         let answers = self.decide_all(&items).await;
         drop(items);
@@ -174,12 +216,22 @@ impl Service {
     }
 
     /// Decide `items` as one batch or, if the batch fails, one by one.
-    async fn decide_all(&self, items: &[&DecisionCall]) -> Vec<ServiceResult<RequestView>> {
+    async fn decide_all(&self, items: &[&DecisionCall]) -> Vec<Answer> {
         match self.decide_in_tx(items).await {
-            Ok(ended) => self.answers(items, ended).await,
+            Ok(ended) => {
+                let started = std::time::Instant::now();
+                let answers = self.answers(items, ended).await;
+                tracing::debug!(
+                    decisions = items.len(),
+                    answered_us = started.elapsed().as_micros() as u64,
+                    "a batch of decisions answered"
+                );
+                answers
+            }
             Err(e) if items.len() == 1 => vec![Err(e)],
             Err(e) => {
                 // Nothing of the batch was committed (see the module's doc).
+                self.decider.split.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(error = %e, decisions = items.len(),
                     "a batch of decisions failed; deciding each alone");
                 let mut out = Vec::with_capacity(items.len());
@@ -197,9 +249,11 @@ impl Service {
 
     /// The batch's transaction: read, judge each decision, write, commit.
     async fn decide_in_tx(&self, items: &[&DecisionCall]) -> ServiceResult<Vec<Ended>> {
+        let started = std::time::Instant::now();
         let now = self.now();
         let at = timefmt::fmt(now);
         let mut tx = self.store.begin().await?;
+        let began = started.elapsed();
         let mut ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -217,6 +271,7 @@ impl Service {
             .into_iter()
             .collect();
 
+        let read = started.elapsed();
         let mut ended = Vec::with_capacity(items.len());
         for item in items {
             ended.push(match self.plan(&b, item, now) {
@@ -228,6 +283,7 @@ impl Service {
             });
         }
 
+        let judged = started.elapsed();
         let used: Vec<&str> = b.used_tokens.iter().map(String::as_str).collect();
         if tx.consume_review_tokens(&used, &at).await? != used.len() as u64 {
             return Err(stale("a review link was used"));
@@ -260,7 +316,17 @@ impl Service {
             }
         }
         let wrote = !b.new_decisions.is_empty() || !b.transitions.is_empty();
+        let written = started.elapsed();
         tx.commit().await?;
+        tracing::debug!(
+            decisions = items.len(),
+            began_us = began.as_micros() as u64,
+            read_us = read.as_micros() as u64,
+            judged_us = judged.as_micros() as u64,
+            written_us = written.as_micros() as u64,
+            committed_us = started.elapsed().as_micros() as u64,
+            "a batch of decisions committed"
+        );
         for end in &ended {
             if let Ended::Decided {
                 settled: Some(decision),
@@ -472,11 +538,7 @@ impl Service {
     /// After the batch committed: each decision's answer. A recorded decision answers with
     /// its request as it is now (read for the whole batch at once); a self-approval is
     /// recorded, then refused.
-    async fn answers(
-        &self,
-        items: &[&DecisionCall],
-        ended: Vec<Ended>,
-    ) -> Vec<ServiceResult<RequestView>> {
+    async fn answers(&self, items: &[&DecisionCall], ended: Vec<Ended>) -> Vec<Answer> {
         let mut decided: Vec<&str> = items
             .iter()
             .zip(&ended)
@@ -502,9 +564,7 @@ impl Service {
                 }
                 Ended::Decided { .. } => match &rows {
                     Ok(rows) => match rows.get(&item.id) {
-                        Some((req, decisions, events)) => {
-                            view::build(self, req.clone(), decisions.clone(), events.clone())
-                        }
+                        Some(rows) => Ok(Box::new(rows.clone())),
                         None => Err(ServiceError::NotFound),
                     },
                     Err(e) => Err(StoreError::Batch(e.clone()).into()),
@@ -515,14 +575,10 @@ impl Service {
     }
 
     /// The rows of these requests' views, three statements for all of them.
-    #[allow(clippy::type_complexity)]
     async fn rows_for_views(
         &self,
         ids: &[&str],
-    ) -> Result<
-        HashMap<String, (RequestRow, Vec<DecisionRow>, Vec<crate::store::AuditRow>)>,
-        std::sync::Arc<str>,
-    > {
+    ) -> Result<HashMap<String, ViewRows>, std::sync::Arc<str>> {
         let read = async {
             let requests = self.store.requests_by_ids(ids).await?;
             let decisions = self.store.decisions_for_requests(ids).await?;

@@ -110,7 +110,7 @@ pub struct Service {
     /// Once-a-day job keys this process already queued (saves a write per sweep).
     daily_queued: Arc<std::sync::Mutex<Vec<String>>>,
     /// Decisions waiting for the next batch (see `decide`).
-    decider: Arc<decide::DecisionBatcher>,
+    decider: Arc<decide::Decider>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -149,7 +149,7 @@ impl Service {
             last_reconcile: Arc::new(std::sync::Mutex::new(None)),
             http,
             daily_queued: Arc::new(std::sync::Mutex::new(Vec::new())),
-            decider: Arc::new(decide::DecisionBatcher::new(decide::DECISION_BATCH)),
+            decider: Arc::new(decide::Decider::new()),
         })
     }
 

@@ -407,19 +407,18 @@ impl Store {
 impl Tx {
     /// Insert ready-made audit rows, in order, as multi-row inserts. It moves no head.
     pub(super) async fn insert_audit_rows(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
-        // 12 values per row; 400 rows stay under SQLite's and PostgreSQL's bind limits.
-        for chunk in rows.chunks(400) {
-            let mut sql = format!("insert into audit_event ({AUDIT_COLUMNS}) values ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let b = i * 12;
-                let ph: Vec<String> = (1..=12).map(|k| format!("${}", b + k)).collect();
-                sql.push_str(&format!("({})", ph.join(", ")));
-            }
-            // SQL-safe: only `$n` placeholders are spliced in.
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut rest = rows;
+        for n in super::sql::row_chunks(rows.len()) {
+            let (chunk, next) = rest.split_at(n);
+            rest = next;
+            let mut p = super::sql::Params::new(self.backend);
+            let values: Vec<String> = (0..n).map(|_| format!("({})", p.list(12))).collect();
+            // SQL-safe: only placeholders are spliced in.
+            let sql = format!(
+                "insert into audit_event ({AUDIT_COLUMNS}) values {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(super::sql::keep(n));
             for e in chunk {
                 q = q
                     .bind(e.seq)

@@ -6,6 +6,7 @@
 mod audit_export;
 mod group_commit;
 mod rows;
+mod sql;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -52,7 +53,11 @@ type SessionBatcher = crate::batch::Batcher<String, SessionAnswer>;
 const SESSION_BATCH: usize = 128;
 
 /// Look up the sessions of `calls` in one statement and answer each.
-async fn load_sessions(pool: &AnyPool, calls: Vec<crate::batch::Call<String, SessionAnswer>>) {
+async fn load_sessions(
+    pool: &AnyPool,
+    backend: Backend,
+    calls: Vec<crate::batch::Call<String, SessionAnswer>>,
+) {
     let mut hashes: Vec<&str> = calls.iter().map(|c| c.item.as_str()).collect();
     hashes.sort_unstable();
     hashes.dedup();
@@ -64,11 +69,12 @@ async fn load_sessions(pool: &AnyPool, calls: Vec<crate::batch::Call<String, Ses
          p.principal_id as principal_found \
          from session s left join principal p on p.principal_id = s.principal_id \
          where s.session_hash in ({})",
-        placeholders(1, hashes.len())
+        sql::Params::new(backend).list(sql::padded_len(hashes.len()))
     );
-    let mut q = sqlx::query_as::<_, SessionLoadRow>(AssertSqlSafe(sql));
-    for h in &hashes {
-        q = q.bind(*h);
+    let mut q =
+        sqlx::query_as::<_, SessionLoadRow>(AssertSqlSafe(sql)).persistent(sql::keep(hashes.len()));
+    for h in sql::padded(&hashes) {
+        q = q.bind(h);
     }
     match q.fetch_all(pool).await {
         Ok(rows) => {
@@ -97,7 +103,11 @@ async fn load_sessions(pool: &AnyPool, calls: Vec<crate::batch::Call<String, Ses
 }
 
 /// The requests with these ids (those that exist), in one statement.
-async fn fetch_requests<'c, E>(ex: E, ids: &[&str]) -> StoreResult<Vec<RequestRow>>
+async fn fetch_requests<'c, E>(
+    ex: E,
+    backend: Backend,
+    ids: &[&str],
+) -> StoreResult<Vec<RequestRow>>
 where
     E: Executor<'c, Database = sqlx::Any>,
 {
@@ -107,17 +117,22 @@ where
     // SQL-safe: only `$n` placeholders are spliced in.
     let sql = format!(
         "{SELECT_REQUESTS} where request_id in ({})",
-        placeholders(1, ids.len())
+        sql::Params::new(backend).list(sql::padded_len(ids.len()))
     );
-    let mut q = sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(*id);
+    let mut q =
+        sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql)).persistent(sql::keep(ids.len()));
+    for id in sql::padded(ids) {
+        q = q.bind(id);
     }
     Ok(q.fetch_all(ex).await?)
 }
 
 /// The decisions on these requests, each request's in the order of [`Store::decisions_for`].
-async fn fetch_decisions<'c, E>(ex: E, ids: &[&str]) -> StoreResult<Vec<DecisionRow>>
+async fn fetch_decisions<'c, E>(
+    ex: E,
+    backend: Backend,
+    ids: &[&str],
+) -> StoreResult<Vec<DecisionRow>>
 where
     E: Executor<'c, Database = sqlx::Any>,
 {
@@ -127,21 +142,14 @@ where
     // SQL-safe: only `$n` placeholders are spliced in.
     let sql = format!(
         "{SELECT_DECISIONS_FROM} where request_id in ({}) order by at, decision_id",
-        placeholders(1, ids.len())
+        sql::Params::new(backend).list(sql::padded_len(ids.len()))
     );
-    let mut q = sqlx::query_as::<_, DecisionRow>(AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(*id);
+    let mut q =
+        sqlx::query_as::<_, DecisionRow>(AssertSqlSafe(sql)).persistent(sql::keep(ids.len()));
+    for id in sql::padded(ids) {
+        q = q.bind(id);
     }
     Ok(q.fetch_all(ex).await?)
-}
-
-/// `$first, $first+1, …`: `n` placeholders for an `in (…)` list.
-pub(crate) fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -346,6 +354,18 @@ impl Store {
         self.group.stats()
     }
 
+    /// Session lookups queued for the next statement now (for tests that need a batch).
+    #[doc(hidden)]
+    pub fn sessions_waiting(&self) -> usize {
+        self.sessions.waiting()
+    }
+
+    /// (session lookup statements run, lookups they answered) since start.
+    #[doc(hidden)]
+    pub fn session_batch_stats(&self) -> (u64, u64) {
+        self.sessions.stats()
+    }
+
     /// Writers waiting to begin now (for tests that need a queue to form).
     #[doc(hidden)]
     pub fn writers_queued(&self) -> usize {
@@ -388,13 +408,13 @@ impl Store {
 
     /// The requests with these ids that exist, in one statement (any order).
     pub async fn requests_by_ids(&self, ids: &[&str]) -> StoreResult<Vec<RequestRow>> {
-        fetch_requests(&self.pool, ids).await
+        fetch_requests(&self.pool, self.backend, ids).await
     }
 
     /// The decisions on these requests, in one statement; per request in the order of
     /// [`Store::decisions_for`].
     pub async fn decisions_for_requests(&self, ids: &[&str]) -> StoreResult<Vec<DecisionRow>> {
-        fetch_decisions(&self.pool, ids).await
+        fetch_decisions(&self.pool, self.backend, ids).await
     }
 
     /// The audit events about these requests, in one statement, in chain order.
@@ -407,11 +427,12 @@ impl Store {
             "select seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
              actor_user_agent, request_id, details, prev_hash, hash from audit_event \
              where request_id in ({}) order by seq",
-            placeholders(1, ids.len())
+            sql::Params::new(self.backend).list(sql::padded_len(ids.len()))
         );
-        let mut q = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql));
-        for id in ids {
-            q = q.bind(*id);
+        let mut q =
+            sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql)).persistent(sql::keep(ids.len()));
+        for id in sql::padded(ids) {
+            q = q.bind(id);
         }
         Ok(q.fetch_all(&self.pool).await?)
     }
@@ -627,11 +648,12 @@ impl Store {
     /// or expired through any replica stops working at once.
     pub async fn get_session(&self, hash: &str) -> StoreResult<Option<SessionLoadRow>> {
         let pool = self.pool.clone();
+        let backend = self.backend;
         let answer = self
             .sessions
             .call(hash.to_string(), move |calls| {
                 let pool = pool.clone();
-                async move { load_sessions(&pool, calls).await }
+                async move { load_sessions(&pool, backend, calls).await }
             })
             .await;
         match answer {
@@ -1059,8 +1081,18 @@ impl Tx {
     pub async fn commit(mut self) -> StoreResult<()> {
         // SECURITY: the queued events and jobs (grants, revokes, mails) are part of the
         // transaction: they go in before it commits, or it fails and nothing of it is kept.
+        let started = std::time::Instant::now();
         self.flush().await?;
+        let flushed = started.elapsed();
+        let queued = self.group.queued();
         self.group.commit(self.member).await?;
+        tracing::debug!(
+            flushed_us = flushed.as_micros() as u64,
+            committed_us = started.elapsed().as_micros() as u64,
+            queued,
+            events = self.appended_audit.len(),
+            "transaction committed"
+        );
         crate::metrics::audit_committed(self.appended_audit.iter().map(|e| e.action.as_str()));
         Ok(())
     }
@@ -1081,48 +1113,50 @@ impl Tx {
 
     /// [`Store::requests_by_ids`], inside this transaction.
     pub async fn requests_by_ids(&mut self, ids: &[&str]) -> StoreResult<Vec<RequestRow>> {
-        fetch_requests(self.member.conn(), ids).await
+        fetch_requests(self.member.conn(), self.backend, ids).await
     }
 
     /// [`Store::decisions_for_requests`], inside this transaction.
     pub async fn decisions_for_requests(&mut self, ids: &[&str]) -> StoreResult<Vec<DecisionRow>> {
-        fetch_decisions(self.member.conn(), ids).await
+        fetch_decisions(self.member.conn(), self.backend, ids).await
     }
 
     /// Insert decisions in one statement; none may exist yet for its request and approver
     /// (the caller checked). Returns how many went in: fewer means one did exist, and the
     /// caller must not commit.
     pub async fn insert_decisions(&mut self, rows: &[DecisionRow]) -> StoreResult<u64> {
-        if rows.is_empty() {
-            return Ok(0);
+        let mut added = 0;
+        let mut rest = rows;
+        for n in sql::row_chunks(rows.len()) {
+            let (chunk, next) = rest.split_at(n);
+            rest = next;
+            let mut p = sql::Params::new(self.backend);
+            let values: Vec<String> = (0..n).map(|_| format!("({})", p.list(11))).collect();
+            // SQL-safe: only placeholders are spliced in.
+            let sql = format!(
+                "insert into decision (decision_id, request_id, approver_id, approver_email, \
+                 approver_name, approver_object_id, verdict, comment, matched, channel, at) \
+                 values {} on conflict (request_id, approver_id) do nothing",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(n));
+            for d in chunk {
+                q = q
+                    .bind(&d.decision_id)
+                    .bind(&d.request_id)
+                    .bind(&d.approver_id)
+                    .bind(&d.approver_email)
+                    .bind(&d.approver_name)
+                    .bind(&d.approver_object_id)
+                    .bind(&d.verdict)
+                    .bind(&d.comment)
+                    .bind(&d.matched)
+                    .bind(&d.channel)
+                    .bind(&d.at);
+            }
+            added += q.execute(self.member.conn()).await?.rows_affected();
         }
-        const COLS: usize = 11;
-        let values: Vec<String> = (0..rows.len())
-            .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
-            .collect();
-        // SQL-safe: only `$n` placeholders are spliced in.
-        let sql = format!(
-            "insert into decision (decision_id, request_id, approver_id, approver_email, \
-             approver_name, approver_object_id, verdict, comment, matched, channel, at) \
-             values {} on conflict (request_id, approver_id) do nothing",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for d in rows {
-            q = q
-                .bind(&d.decision_id)
-                .bind(&d.request_id)
-                .bind(&d.approver_id)
-                .bind(&d.approver_email)
-                .bind(&d.approver_name)
-                .bind(&d.approver_object_id)
-                .bind(&d.verdict)
-                .bind(&d.comment)
-                .bind(&d.matched)
-                .bind(&d.channel)
-                .bind(&d.at);
-        }
-        Ok(q.execute(self.member.conn()).await?.rows_affected())
+        Ok(added)
     }
 
     /// [`Tx::transition`] for several requests at once, each only if it is still in `from`:
@@ -1137,19 +1171,26 @@ impl Tx {
         if ids.is_empty() {
             return Ok(0);
         }
-        // SQL-safe: only `$n` placeholders are spliced in.
-        let sql = format!(
-            "update request set state = $1, \
-               decided_at = coalesce($2, decided_at), \
-               active_from = coalesce($3, active_from), \
-               active_until = coalesce($4, active_until), \
-               ended_at = coalesce($5, ended_at), \
-               end_reason = coalesce($6, end_reason), \
-               failure_message = coalesce($7, failure_message) \
-             where state = $8 and request_id in ({})",
-            placeholders(9, ids.len())
-        );
+        let mut p = sql::Params::new(self.backend);
+        let mut sql = format!("update request set state = {}", p.next());
+        for col in [
+            "decided_at",
+            "active_from",
+            "active_until",
+            "ended_at",
+            "end_reason",
+            "failure_message",
+        ] {
+            sql.push_str(&format!(", {col} = coalesce({}, {col})", p.next()));
+        }
+        sql.push_str(&format!(" where state = {}", p.next()));
+        sql.push_str(&format!(
+            " and request_id in ({})",
+            p.list(sql::padded_len(ids.len()))
+        ));
+        // SQL-safe: only placeholders and the column names above are spliced in.
         let mut q = sqlx::query(AssertSqlSafe(sql))
+            .persistent(sql::keep(ids.len()))
             .bind(to)
             .bind(&set.decided_at)
             .bind(&set.active_from)
@@ -1158,8 +1199,8 @@ impl Tx {
             .bind(&set.end_reason)
             .bind(&set.failure_message)
             .bind(from);
-        for id in ids {
-            q = q.bind(*id);
+        for id in sql::padded(ids) {
+            q = q.bind(id);
         }
         Ok(q.execute(self.member.conn()).await?.rows_affected())
     }
@@ -1172,11 +1213,12 @@ impl Tx {
         // SQL-safe: only `$n` placeholders are spliced in.
         let sql = format!(
             "select jti from review_token where used_at is null and jti in ({})",
-            placeholders(1, jtis.len())
+            sql::Params::new(self.backend).list(sql::padded_len(jtis.len()))
         );
-        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-        for j in jtis {
-            q = q.bind(*j);
+        let mut q =
+            sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).persistent(sql::keep(jtis.len()));
+        for j in sql::padded(jtis) {
+            q = q.bind(j);
         }
         Ok(q.fetch_all(self.member.conn()).await?)
     }
@@ -1188,13 +1230,17 @@ impl Tx {
             return Ok(0);
         }
         // SQL-safe: only `$n` placeholders are spliced in.
+        let mut p = sql::Params::new(self.backend);
         let sql = format!(
-            "update review_token set used_at = $1 where used_at is null and jti in ({})",
-            placeholders(2, jtis.len())
+            "update review_token set used_at = {} where used_at is null and jti in ({})",
+            p.next(),
+            p.list(sql::padded_len(jtis.len()))
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
-        for j in jtis {
-            q = q.bind(*j);
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .persistent(sql::keep(jtis.len()))
+            .bind(now);
+        for j in sql::padded(jtis) {
+            q = q.bind(j);
         }
         Ok(q.execute(self.member.conn()).await?.rows_affected())
     }
@@ -1362,27 +1408,22 @@ impl Tx {
     /// Insert `jobs` in order as multi-row statements, each skipping a `dedupe_key` already
     /// present: how many went in.
     async fn insert_jobs(&mut self, jobs: &[NewJob]) -> StoreResult<u64> {
-        /// Rows per statement: 8 parameters each, far below SQLite's and PostgreSQL's limits.
-        const CHUNK: usize = 200;
         let mut added = 0;
-        for chunk in jobs.chunks(CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=8).map(|k| format!("${}", i * 8 + k)).collect();
-                    format!(
-                        "({}, 'queued', 0, {})",
-                        p[..5].join(", "),
-                        p[5..].join(", ")
-                    )
-                })
+        let mut rest = jobs;
+        for n in sql::row_chunks(jobs.len()) {
+            let (chunk, next) = rest.split_at(n);
+            rest = next;
+            let mut p = sql::Params::new(self.backend);
+            let values: Vec<String> = (0..n)
+                .map(|_| format!("({}, 'queued', 0, {})", p.list(5), p.list(3)))
                 .collect();
-            // SQL-safe: only `$n` placeholders are spliced in.
+            // SQL-safe: only placeholders are spliced in.
             let sql = format!(
                 "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
                  max_attempts, run_at, created_at) values {} on conflict (dedupe_key) do nothing",
                 values.join(", ")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(n));
             for j in chunk {
                 q = q
                     .bind(&j.job_id)

@@ -5,6 +5,7 @@ mod audit;
 mod audit_export;
 mod azure;
 mod azure_crash;
+mod batches;
 mod cli;
 mod fake_arm;
 mod group_commit;
