@@ -579,12 +579,12 @@ impl Service {
         &self,
         ids: &[&str],
     ) -> Result<HashMap<String, ViewRows>, std::sync::Arc<str>> {
-        let read = async {
-            let requests = self.store.requests_by_ids(ids).await?;
-            let decisions = self.store.decisions_for_requests(ids).await?;
-            let events = self.store.audit_for_requests(ids).await?;
-            Ok::<_, StoreError>((requests, decisions, events))
-        };
+        // Three statements at once, on three of the pool's connections.
+        let read = futures::future::try_join3(
+            self.store.requests_by_ids(ids),
+            self.store.decisions_for_requests(ids),
+            self.store.audit_for_requests(ids),
+        );
         let (requests, decisions, events) = read
             .await
             .map_err(|e| std::sync::Arc::<str>::from(e.to_string()))?;

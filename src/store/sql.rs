@@ -6,20 +6,20 @@
 //! count) filled those caches with hundreds of large prepared statements: 8–10 MB more
 //! resident after a burst of decisions. `in` lists are therefore padded to a power of two
 //! (repeating their last value, which changes no result), and multi-row inserts go in chunks
-//! of [`MAX_ROWS`] rows and then powers of two: a handful of texts per table. Only the small
-//! ones, those every single request uses (one event, a few jobs, one id), stay prepared
-//! ([`keep`]); a statement for a batch is prepared when it runs and dropped after it: a large
-//! prepared insert costs tens of KiB per connection to keep, and a fraction of a millisecond
-//! to prepare again.
+//! of [`MAX_ROWS`] rows and then powers of two: a handful of texts per table. Only those for
+//! one row or value, which every lone request uses, stay prepared ([`keep`]); a statement for
+//! a batch is prepared when it runs and dropped after it: a large prepared insert costs tens of
+//! KiB per connection to keep, and a fraction of a millisecond to prepare again.
 
 use super::Backend;
 
 /// Rows per multi-row insert at most.
-pub(super) const MAX_ROWS: usize = 64;
+pub(super) const MAX_ROWS: usize = 32;
 
-/// Whether a statement for `n` rows or values is kept prepared (sqlx's `persistent`).
+/// Whether a statement for `n` rows or values is kept prepared (sqlx's `persistent`): only
+/// for one, the size of everything a lone request does.
 pub(super) fn keep(n: usize) -> bool {
-    n <= 4
+    n == 1
 }
 
 /// Placeholders numbered in bind order: `$1, $2, …` on PostgreSQL. On SQLite plain `?`: a
@@ -97,7 +97,7 @@ mod tests {
             assert_eq!(chunks.iter().sum::<usize>(), n, "{n}");
             assert!(chunks.iter().all(|c| c.is_power_of_two() && *c <= MAX_ROWS));
         }
-        assert_eq!(row_chunks(198), [64, 64, 64, 4, 2]);
+        assert_eq!(row_chunks(198), [32, 32, 32, 32, 32, 32, 4, 2]);
         assert_eq!(row_chunks(1), [1]);
     }
 
