@@ -13,14 +13,16 @@
 //! batch in half, nor leave the other callers of its batch without an answer.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 /// One call in a batch: what was asked, and where its answer goes.
 pub struct Call<T, R> {
     pub item: T,
+    /// Its place in the queue, for the caller that leaves before a batch takes it.
+    id: u64,
     answer: oneshot::Sender<R>,
 }
 
@@ -34,20 +36,40 @@ impl<T, R> Call<T, R> {
 /// Concurrent calls of one kind, coalesced into batches of at most `max` calls.
 pub struct Batcher<T, R> {
     queue: Mutex<Vec<Call<T, R>>>,
-    /// Held by the caller whose batch runs: the others queue behind it.
-    running: tokio::sync::Mutex<()>,
+    /// Held while a batch runs, by the batch's own task: the others queue behind it.
+    running: Arc<tokio::sync::Mutex<()>>,
     max: usize,
+    next_id: AtomicU64,
     /// Batches run and the calls they held, since start.
     batches: AtomicU64,
     calls: AtomicU64,
+}
+
+/// Takes a caller's call out of the queue if the caller goes away before a batch took it.
+struct Queued<'a, T, R> {
+    batcher: &'a Batcher<T, R>,
+    id: u64,
+}
+
+impl<T, R> Drop for Queued<'_, T, R> {
+    fn drop(&mut self) {
+        // SECURITY: a call whose caller has gone (a client that hung up, a timeout) must not
+        // stay queued: the next batch, perhaps hours later, would decide it with the caller's
+        // identity as it was when it asked, for a client that was told nothing. Once a batch
+        // has taken it, it runs to the end with its batch (see the module's doc).
+        if let Ok(mut q) = self.batcher.queue.lock() {
+            q.retain(|c| c.id != self.id);
+        }
+    }
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub fn new(max: usize) -> Self {
         Self {
             queue: Mutex::new(Vec::new()),
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
             max: max.max(1),
+            next_id: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             calls: AtomicU64::new(0),
         }
@@ -69,22 +91,26 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Queue `item` and wait for its answer. If no batch runs, this caller takes the oldest
     /// `max` calls of the queue and runs them with `run`, which must answer every call it is
     /// given; until its own call is answered it goes on doing so. `None` if the batch ended
-    /// without answering this call (it panicked).
+    /// without answering this call (it panicked). A caller that goes away while its call is
+    /// still queued takes it out of the queue.
     pub async fn call<F, Fut>(&self, item: T, run: F) -> Option<R>
     where
         F: Fn(Vec<Call<T, R>>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (tx, mut rx) = oneshot::channel();
-        self.queue
-            .lock()
-            .expect("batch queue")
-            .push(Call { item, answer: tx });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.queue.lock().expect("batch queue").push(Call {
+            item,
+            id,
+            answer: tx,
+        });
+        let _queued = Queued { batcher: self, id };
         loop {
             tokio::select! {
                 biased;
                 r = &mut rx => return r.ok(),
-                _running = self.running.lock() => {
+                running = self.running.clone().lock_owned() => {
                     // A batch that held this call has answered it (or, panicking, dropped it)
                     // before it let go.
                     match rx.try_recv() {
@@ -100,8 +126,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                     if !calls.is_empty() {
                         self.batches.fetch_add(1, Ordering::SeqCst);
                         self.calls.fetch_add(calls.len() as u64, Ordering::SeqCst);
-                        // Its own task: see the module's doc.
-                        let _ = tokio::spawn(run(calls)).await;
+                        // Its own task, which holds `running` until the batch ends: a caller
+                        // that goes away meanwhile lets no second batch start beside it.
+                        let batch = run(calls);
+                        let _ = tokio::spawn(async move {
+                            let _running = running;
+                            batch.await
+                        })
+                        .await;
                     }
                     // Answered in that batch; or it was queued behind `max` older calls, and
                     // the next batch (this caller's or another's) holds it. (A receiver that
@@ -119,7 +151,6 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     use super::*;
@@ -252,6 +283,12 @@ mod tests {
         let leader = tasks.remove(0);
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
+        // Its batch still runs, and no second batch starts beside it.
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*s.sizes.lock().unwrap(), [1]);
+        assert_eq!(s.batcher.waiting(), 2);
         s.gate.add_permits(1);
         for (t, want) in tasks.into_iter().zip([10, 20]) {
             assert_eq!(answer(t).await, Some(want));
@@ -259,5 +296,23 @@ mod tests {
         // Its batch ran to the end all the same, and the others made one more.
         assert_eq!(s.done.load(Ordering::SeqCst), 2);
         assert_eq!(*s.sizes.lock().unwrap(), [1, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_caller_that_goes_away_leaves_the_queue() {
+        let s = Setup::new(8);
+        let mut tasks = s.queue(0, &[1, 2, 3]).await;
+        // Item 2's caller goes away while its call waits for the next batch.
+        let gone = tasks.remove(2);
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        assert_eq!(s.batcher.waiting(), 2);
+        s.gate.add_permits(1);
+        for (t, want) in tasks.into_iter().zip([0, 10, 30]) {
+            assert_eq!(answer(t).await, Some(want));
+        }
+        // The next batch held only the two callers still there.
+        assert_eq!(*s.sizes.lock().unwrap(), [1, 2]);
+        assert_eq!(s.batcher.stats(), (2, 3));
     }
 }
