@@ -418,7 +418,8 @@ impl Tx {
                 "insert into audit_event ({AUDIT_COLUMNS}) values {}",
                 values.join(", ")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(super::sql::keep(n));
+            let mut q =
+                sqlx::query(AssertSqlSafe(sql)).persistent(super::sql::keep(self.backend, n));
             for e in chunk {
                 q = q
                     .bind(e.seq)

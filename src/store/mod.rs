@@ -71,8 +71,8 @@ async fn load_sessions(
          where s.session_hash in ({})",
         sql::Params::new(backend).list(sql::padded_len(hashes.len()))
     );
-    let mut q =
-        sqlx::query_as::<_, SessionLoadRow>(AssertSqlSafe(sql)).persistent(sql::keep(hashes.len()));
+    let mut q = sqlx::query_as::<_, SessionLoadRow>(AssertSqlSafe(sql))
+        .persistent(sql::keep(backend, hashes.len()));
     for h in sql::padded(&hashes) {
         q = q.bind(h);
     }
@@ -119,8 +119,8 @@ where
         "{SELECT_REQUESTS} where request_id in ({})",
         sql::Params::new(backend).list(sql::padded_len(ids.len()))
     );
-    let mut q =
-        sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql)).persistent(sql::keep(ids.len()));
+    let mut q = sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql))
+        .persistent(sql::keep(backend, ids.len()));
     for id in sql::padded(ids) {
         q = q.bind(id);
     }
@@ -144,8 +144,8 @@ where
         "{SELECT_DECISIONS_FROM} where request_id in ({}) order by at, decision_id",
         sql::Params::new(backend).list(sql::padded_len(ids.len()))
     );
-    let mut q =
-        sqlx::query_as::<_, DecisionRow>(AssertSqlSafe(sql)).persistent(sql::keep(ids.len()));
+    let mut q = sqlx::query_as::<_, DecisionRow>(AssertSqlSafe(sql))
+        .persistent(sql::keep(backend, ids.len()));
     for id in sql::padded(ids) {
         q = q.bind(id);
     }
@@ -429,8 +429,8 @@ impl Store {
              where request_id in ({}) order by seq",
             sql::Params::new(self.backend).list(sql::padded_len(ids.len()))
         );
-        let mut q =
-            sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql)).persistent(sql::keep(ids.len()));
+        let mut q = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql))
+            .persistent(sql::keep(self.backend, ids.len()));
         for id in sql::padded(ids) {
             q = q.bind(id);
         }
@@ -1139,7 +1139,7 @@ impl Tx {
                  values {} on conflict (request_id, approver_id) do nothing",
                 values.join(", ")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(n));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(self.backend, n));
             for d in chunk {
                 q = q
                     .bind(&d.decision_id)
@@ -1190,7 +1190,7 @@ impl Tx {
         ));
         // SQL-safe: only placeholders and the column names above are spliced in.
         let mut q = sqlx::query(AssertSqlSafe(sql))
-            .persistent(sql::keep(ids.len()))
+            .persistent(sql::keep(self.backend, ids.len()))
             .bind(to)
             .bind(&set.decided_at)
             .bind(&set.active_from)
@@ -1215,8 +1215,8 @@ impl Tx {
             "select jti from review_token where used_at is null and jti in ({})",
             sql::Params::new(self.backend).list(sql::padded_len(jtis.len()))
         );
-        let mut q =
-            sqlx::query_scalar::<_, String>(AssertSqlSafe(sql)).persistent(sql::keep(jtis.len()));
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+            .persistent(sql::keep(self.backend, jtis.len()));
         for j in sql::padded(jtis) {
             q = q.bind(j);
         }
@@ -1237,7 +1237,7 @@ impl Tx {
             p.list(sql::padded_len(jtis.len()))
         );
         let mut q = sqlx::query(AssertSqlSafe(sql))
-            .persistent(sql::keep(jtis.len()))
+            .persistent(sql::keep(self.backend, jtis.len()))
             .bind(now);
         for j in sql::padded(jtis) {
             q = q.bind(j);
@@ -1423,7 +1423,7 @@ impl Tx {
                  max_attempts, run_at, created_at) values {} on conflict (dedupe_key) do nothing",
                 values.join(", ")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(n));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(self.backend, n));
             for j in chunk {
                 q = q
                     .bind(&j.job_id)

@@ -6,20 +6,27 @@
 //! count) filled those caches with hundreds of large prepared statements: 8–10 MB more
 //! resident after a burst of decisions. `in` lists are therefore padded to a power of two
 //! (repeating their last value, which changes no result), and multi-row inserts go in chunks
-//! of [`MAX_ROWS`] rows and then powers of two: a handful of texts per table. Only those for
-//! one row or value, which every lone request uses, stay prepared ([`keep`]); a statement for
-//! a batch is prepared when it runs and dropped after it: a large prepared insert costs tens of
-//! KiB per connection to keep, and a fraction of a millisecond to prepare again.
+//! of [`MAX_ROWS`] rows and then powers of two: a handful of texts per table. On SQLite only
+//! those for one row or value, which every lone request uses, stay prepared ([`keep`]); a
+//! statement for a batch is prepared when it runs and dropped after it: a large prepared
+//! insert costs tens of KiB per connection to keep in this process, and a few microseconds
+//! to prepare again. On PostgreSQL every size stays prepared: the plan lives in the server,
+//! this process keeps only its description, and preparing again costs a round trip (a burst
+//! of 16 signed-in clients, whose session lookups come in batches of 2 to 16, paid it on
+//! every lookup).
 
 use super::Backend;
 
 /// Rows per multi-row insert at most.
 pub(super) const MAX_ROWS: usize = 32;
 
-/// Whether a statement for `n` rows or values is kept prepared (sqlx's `persistent`): only
-/// for one, the size of everything a lone request does.
-pub(super) fn keep(n: usize) -> bool {
-    n == 1
+/// Whether a statement for `n` rows or values is kept prepared (sqlx's `persistent`): see
+/// the module's doc.
+pub(super) fn keep(backend: Backend, n: usize) -> bool {
+    match backend {
+        Backend::Postgres => true,
+        Backend::Sqlite => n == 1,
+    }
 }
 
 /// Placeholders numbered in bind order: `$1, $2, …` on PostgreSQL. On SQLite plain `?`: a
