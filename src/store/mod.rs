@@ -61,22 +61,19 @@ async fn load_sessions(
     let mut hashes: Vec<&str> = calls.iter().map(|c| c.item.as_str()).collect();
     hashes.sort_unstable();
     hashes.dedup();
-    // SQL-safe: only `$n` placeholders are spliced in.
-    let sql = format!(
+    let rows = fetch_in::<_, SessionLoadRow>(
+        pool,
+        backend,
         "select s.session_hash, s.principal_id, s.csrf_token, s.groups, s.created_at, \
          s.last_seen_at, s.expires_at, s.notice, p.email as principal_email, \
          p.name as principal_name, p.azure_object_id as principal_object_id, \
          p.principal_id as principal_found \
          from session s left join principal p on p.principal_id = s.principal_id \
-         where s.session_hash in ({})",
-        sql::Params::new(backend).list(sql::padded_len(hashes.len()))
+         where s.session_hash",
+        &hashes,
+        "",
     );
-    let mut q = sqlx::query_as::<_, SessionLoadRow>(AssertSqlSafe(sql))
-        .persistent(sql::keep(backend, hashes.len()));
-    for h in sql::padded(&hashes) {
-        q = q.bind(h);
-    }
-    match q.fetch_all(pool).await {
+    match rows.await {
         Ok(rows) => {
             let mut found: std::collections::HashMap<String, SessionLoadRow> = rows
                 .into_iter()
@@ -102,6 +99,36 @@ async fn load_sessions(
     }
 }
 
+/// The rows of `{select} in (…){tail}` with `values` in the list, in one statement (none for
+/// no values). `select` ends with the column to match; the list is padded ([`sql::padded`]).
+async fn fetch_in<'c, E, R>(
+    ex: E,
+    backend: Backend,
+    select: &str,
+    values: &[&str],
+    tail: &str,
+) -> StoreResult<Vec<R>>
+where
+    E: Executor<'c, Database = sqlx::Any>,
+    R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SQL-safe: `select` and `tail` are texts of this module; besides them only placeholders
+    // are spliced in.
+    let sql = format!(
+        "{select} in ({}){tail}",
+        sql::Params::new(backend).list(sql::padded_len(values.len()))
+    );
+    let mut q =
+        sqlx::query_as::<_, R>(AssertSqlSafe(sql)).persistent(sql::keep(backend, values.len()));
+    for v in sql::padded(values) {
+        q = q.bind(v);
+    }
+    Ok(q.fetch_all(ex).await?)
+}
+
 /// The requests with these ids (those that exist), in one statement.
 async fn fetch_requests<'c, E>(
     ex: E,
@@ -111,20 +138,8 @@ async fn fetch_requests<'c, E>(
 where
     E: Executor<'c, Database = sqlx::Any>,
 {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    // SQL-safe: only `$n` placeholders are spliced in.
-    let sql = format!(
-        "{SELECT_REQUESTS} where request_id in ({})",
-        sql::Params::new(backend).list(sql::padded_len(ids.len()))
-    );
-    let mut q = sqlx::query_as::<_, RequestRow>(AssertSqlSafe(sql))
-        .persistent(sql::keep(backend, ids.len()));
-    for id in sql::padded(ids) {
-        q = q.bind(id);
-    }
-    Ok(q.fetch_all(ex).await?)
+    let select = format!("{SELECT_REQUESTS} where request_id");
+    fetch_in(ex, backend, &select, ids, "").await
 }
 
 /// The decisions on these requests, each request's in the order of [`Store::decisions_for`].
@@ -136,20 +151,8 @@ async fn fetch_decisions<'c, E>(
 where
     E: Executor<'c, Database = sqlx::Any>,
 {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    // SQL-safe: only `$n` placeholders are spliced in.
-    let sql = format!(
-        "{SELECT_DECISIONS_FROM} where request_id in ({}) order by at, decision_id",
-        sql::Params::new(backend).list(sql::padded_len(ids.len()))
-    );
-    let mut q = sqlx::query_as::<_, DecisionRow>(AssertSqlSafe(sql))
-        .persistent(sql::keep(backend, ids.len()));
-    for id in sql::padded(ids) {
-        q = q.bind(id);
-    }
-    Ok(q.fetch_all(ex).await?)
+    let select = format!("{SELECT_DECISIONS_FROM} where request_id");
+    fetch_in(ex, backend, &select, ids, " order by at, decision_id").await
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -419,22 +422,10 @@ impl Store {
 
     /// The audit events about these requests, in one statement, in chain order.
     pub async fn audit_for_requests(&self, ids: &[&str]) -> StoreResult<Vec<AuditRow>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // SQL-safe: only `$n` placeholders are spliced in.
-        let sql = format!(
-            "select seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
+        let select = "select seq, at, action, actor_id, actor_email, actor_object_id, actor_ip, \
              actor_user_agent, request_id, details, prev_hash, hash from audit_event \
-             where request_id in ({}) order by seq",
-            sql::Params::new(self.backend).list(sql::padded_len(ids.len()))
-        );
-        let mut q = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql))
-            .persistent(sql::keep(self.backend, ids.len()));
-        for id in sql::padded(ids) {
-            q = q.bind(id);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
+             where request_id";
+        fetch_in(&self.pool, self.backend, select, ids, " order by seq").await
     }
 
     pub async fn audit_for_request(&self, request_id: &str) -> StoreResult<Vec<AuditRow>> {
@@ -1207,20 +1198,10 @@ impl Tx {
 
     /// Of these review tokens, the ones not used yet.
     pub async fn unused_review_tokens(&mut self, jtis: &[&str]) -> StoreResult<Vec<String>> {
-        if jtis.is_empty() {
-            return Ok(Vec::new());
-        }
-        // SQL-safe: only `$n` placeholders are spliced in.
-        let sql = format!(
-            "select jti from review_token where used_at is null and jti in ({})",
-            sql::Params::new(self.backend).list(sql::padded_len(jtis.len()))
-        );
-        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
-            .persistent(sql::keep(self.backend, jtis.len()));
-        for j in sql::padded(jtis) {
-            q = q.bind(j);
-        }
-        Ok(q.fetch_all(self.member.conn()).await?)
+        let select = "select jti from review_token where used_at is null and jti";
+        let rows: Vec<(String,)> =
+            fetch_in(self.member.conn(), self.backend, select, jtis, "").await?;
+        Ok(rows.into_iter().map(|(jti,)| jti).collect())
     }
 
     /// [`Tx::consume_review_token`] for several tokens at once: how many were unused and are
