@@ -1210,7 +1210,7 @@ impl Tx {
         if jtis.is_empty() {
             return Ok(0);
         }
-        // SQL-safe: only `$n` placeholders are spliced in.
+        // SQL-safe: only placeholders are spliced in.
         let mut p = sql::Params::new(self.backend);
         let sql = format!(
             "update review_token set used_at = {} where used_at is null and jti in ({})",
