@@ -407,16 +407,13 @@ impl Store {
 impl Tx {
     /// Insert ready-made audit rows, in order, as multi-row inserts. It moves no head.
     pub(super) async fn insert_audit_rows(&mut self, rows: &[AuditRow]) -> StoreResult<()> {
-        let mut rest = rows;
-        for n in super::sql::row_chunks(rows.len()) {
-            let (chunk, next) = rest.split_at(n);
-            rest = next;
+        for chunk in super::sql::chunks(rows) {
+            let n = chunk.len();
             let mut p = super::sql::Params::new(self.backend);
-            let values: Vec<String> = (0..n).map(|_| format!("({})", p.list(12))).collect();
             // SQL-safe: only placeholders are spliced in.
             let sql = format!(
                 "insert into audit_event ({AUDIT_COLUMNS}) values {}",
-                values.join(", ")
+                p.rows(n, |p| format!("({})", p.list(12)))
             );
             let mut q =
                 sqlx::query(AssertSqlSafe(sql)).persistent(super::sql::keep(self.backend, n));

@@ -72,8 +72,9 @@ async fn load_sessions(
          where s.session_hash",
         &hashes,
         "",
-    );
-    match rows.await {
+    )
+    .await;
+    match rows {
         Ok(rows) => {
             let mut found: std::collections::HashMap<String, SessionLoadRow> = rows
                 .into_iter()
@@ -1117,18 +1118,15 @@ impl Tx {
     /// caller must not commit.
     pub async fn insert_decisions(&mut self, rows: &[DecisionRow]) -> StoreResult<u64> {
         let mut added = 0;
-        let mut rest = rows;
-        for n in sql::row_chunks(rows.len()) {
-            let (chunk, next) = rest.split_at(n);
-            rest = next;
+        for chunk in sql::chunks(rows) {
+            let n = chunk.len();
             let mut p = sql::Params::new(self.backend);
-            let values: Vec<String> = (0..n).map(|_| format!("({})", p.list(11))).collect();
             // SQL-safe: only placeholders are spliced in.
             let sql = format!(
                 "insert into decision (decision_id, request_id, approver_id, approver_email, \
                  approver_name, approver_object_id, verdict, comment, matched, channel, at) \
                  values {} on conflict (request_id, approver_id) do nothing",
-                values.join(", ")
+                p.rows(n, |p| format!("({})", p.list(11)))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(self.backend, n));
             for d in chunk {
@@ -1390,19 +1388,18 @@ impl Tx {
     /// present: how many went in.
     async fn insert_jobs(&mut self, jobs: &[NewJob]) -> StoreResult<u64> {
         let mut added = 0;
-        let mut rest = jobs;
-        for n in sql::row_chunks(jobs.len()) {
-            let (chunk, next) = rest.split_at(n);
-            rest = next;
+        for chunk in sql::chunks(jobs) {
+            let n = chunk.len();
             let mut p = sql::Params::new(self.backend);
-            let values: Vec<String> = (0..n)
-                .map(|_| format!("({}, 'queued', 0, {})", p.list(5), p.list(3)))
-                .collect();
             // SQL-safe: only placeholders are spliced in.
             let sql = format!(
                 "insert into job (job_id, kind, request_id, payload, dedupe_key, state, attempts, \
                  max_attempts, run_at, created_at) values {} on conflict (dedupe_key) do nothing",
-                values.join(", ")
+                p.rows(n, |p| format!(
+                    "({}, 'queued', 0, {})",
+                    p.list(5),
+                    p.list(3)
+                ))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(sql::keep(self.backend, n));
             for j in chunk {

@@ -59,6 +59,21 @@ impl Params {
     pub(super) fn list(&mut self, k: usize) -> String {
         (0..k).map(|_| self.next()).collect::<Vec<_>>().join(", ")
     }
+
+    /// The `values` of a multi-row insert: `n` rows, each `row(self)`, comma-separated.
+    pub(super) fn rows(&mut self, n: usize, row: impl Fn(&mut Self) -> String) -> String {
+        (0..n).map(|_| row(self)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// `rows` cut as [`row_chunks`] says: one multi-row insert per chunk.
+pub(super) fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    row_chunks(rows.len()).into_iter().map(move |n| {
+        let (chunk, next) = rest.split_at(n);
+        rest = next;
+        chunk
+    })
 }
 
 /// `values` padded to a power-of-two length by repeating the last one (an `in` list means
@@ -79,7 +94,7 @@ pub(super) fn padded_len(n: usize) -> usize {
 
 /// The row counts of the statements that insert `n` rows: [`MAX_ROWS`] while they last,
 /// then powers of two.
-pub(super) fn row_chunks(n: usize) -> Vec<usize> {
+fn row_chunks(n: usize) -> Vec<usize> {
     let mut out = vec![MAX_ROWS; n / MAX_ROWS];
     let mut left = n % MAX_ROWS;
     let mut p = MAX_ROWS;
@@ -106,6 +121,10 @@ mod tests {
         }
         assert_eq!(row_chunks(198), [32, 32, 32, 32, 32, 32, 4, 2]);
         assert_eq!(row_chunks(1), [1]);
+        let rows: Vec<usize> = (0..37).collect();
+        let cut: Vec<&[usize]> = chunks(&rows).collect();
+        assert_eq!(cut.iter().map(|c| c.len()).collect::<Vec<_>>(), [32, 4, 1]);
+        assert_eq!(cut.concat(), rows);
     }
 
     #[test]
@@ -126,5 +145,10 @@ mod tests {
         let mut lite = Params::new(Backend::Sqlite);
         assert_eq!(lite.next(), "?");
         assert_eq!(lite.list(2), "?, ?");
+        let mut pg = Params::new(Backend::Postgres);
+        assert_eq!(
+            pg.rows(2, |p| format!("({}, 'x')", p.list(2))),
+            "($1, $2, 'x'), ($3, $4, 'x')"
+        );
     }
 }
